@@ -1,0 +1,111 @@
+"""Helpers shared by subcommands: argument types, output rendering."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from geomkit.errors import SpecError
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return v
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (CUDA when present; default: auto)",
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return _jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """Print exactly one JSON object on stdout (non-finite floats become strings/null)."""
+    print(json.dumps(_jsonable(obj), allow_nan=False))
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], file=None) -> None:
+    """Print a plain fixed-width table; numbers right-aligned."""
+    file = file or sys.stdout
+    cells = [[fmt(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(headers))]
+
+    def line(vals: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)
+        ).rstrip()
+
+    print(line(headers), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for r in cells:
+        print(line(r), file=file)
+
+
+def parse_range(text: str, name: str = "range") -> tuple[float, float, int]:
+    """Parse ``MIN:MAX:NUM`` into ``(min, max, num)``; a SpecError names the problem."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise SpecError(f"{name} must be MIN:MAX:NUM (e.g. -1:1:51), got {text!r}")
+    try:
+        lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise SpecError(f"{name} must be MIN:MAX:NUM with numbers, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or num < 1 or (num > 1 and hi <= lo):
+        raise SpecError(f"{name} needs finite MIN < MAX and NUM >= 1, got {text!r}")
+    return lo, hi, num

@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Every mistake a user can make (a wrong path, an unknown model or block name, a
+malformed grid spec, a corrupt file) raises a subclass of :class:`GeomkitError`
+with a one-line message that says what is wrong and, where possible, the fix.
+The command line turns these into ``geomkit: error: <message>`` and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class GeomkitError(ValueError):
+    """Base class of every error caused by user input rather than by a bug."""
+
+
+class CheckpointError(GeomkitError):
+    """A checkpoint is missing, unreadable, truncated or not a geomkit checkpoint."""
+
+
+class DataError(GeomkitError):
+    """A data source is unknown, missing, corrupt or mis-specified."""
+
+
+class ModelError(GeomkitError):
+    """An unknown model name or invalid model arguments."""
+
+
+class BlockError(GeomkitError):
+    """A parameter block that is unknown or matches no parameter."""
+
+
+class SpecError(GeomkitError):
+    """A malformed specification string (grid, shard, block, preset...)."""
+
+
+class ResultFileError(GeomkitError):
+    """A results file that is unreadable or does not match the requested computation."""

@@ -1,0 +1,1 @@
+"""Measurements of loss geometry: one module per measurement."""
