@@ -1,0 +1,67 @@
+"""Name → constructor registry shared by every model family."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from geomkit.errors import ModelError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, description: str = "") -> Callable:
+    """Decorator registering a model constructor under ``name``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """One-line description of a registered model."""
+    _check(name)
+    return _DESCRIPTIONS[name]
+
+
+def _check(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model: ``build("vit-tiny", image_size=8, in_chans=1, num_classes=10)``.
+
+    The returned module carries ``geomkit_spec = {"name": name, "kwargs": kwargs}`` so that
+    a checkpoint can rebuild it without pickling code.
+    """
+    _check(name)
+    fn = _REGISTRY[name]
+    sig = inspect.signature(fn)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = sorted(set(kwargs) - set(sig.parameters))
+        if unknown:
+            raise ModelError(
+                f"model {name!r} takes no argument(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sig.parameters)}"
+            )
+    try:
+        model = fn(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"cannot build {name!r} with {kwargs}: {e}") from None
+    model.geomkit_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model

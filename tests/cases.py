@@ -1,0 +1,71 @@
+"""The tiny float64 case table every matrix-free measurement is checked against.
+
+Models are small enough (a few hundred parameters) for dense Hessians and explicit
+Jacobians.  Each case is seeded and deterministic; models are in eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from geomkit.models import build
+
+CASE_NAMES = ("mlp", "cnn_bn", "vit1", "mixer1")
+NUM_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: nn.Module
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, NUM_CLASSES))
+
+
+def _cnn_bn() -> nn.Module:
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, NUM_CLASSES),
+    )
+    bn = model[1]
+    # non-trivial running statistics so eval mode differs from batch statistics
+    bn.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.3]))
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.2, 0.7, 0.9]))
+        bn.bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
+    return model
+
+
+def _vit1() -> nn.Module:
+    return build("vit", image_size=4, patch_size=2, in_chans=1, num_classes=NUM_CLASSES,
+                 embed_dim=6, depth=1, num_heads=2, mlp_ratio=1.0)
+
+
+def _mixer1() -> nn.Module:
+    return build("mixer", image_size=4, patch_size=2, in_chans=1, num_classes=NUM_CLASSES,
+                 embed_dim=6, depth=1, tokens_dim=4, channels_dim=8)
+
+
+_FACTORIES = {"mlp": _mlp, "cnn_bn": _cnn_bn, "vit1": _vit1, "mixer1": _mixer1}
+
+
+def make_case(name: str, n: int = 10, dtype: torch.dtype = torch.float64, seed: int = 0) -> Case:
+    """Build case ``name`` with ``n`` examples of shape 1×4×4 in ``dtype``."""
+    torch.manual_seed(seed)
+    model = _FACTORIES[name]().to(dtype).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = torch.randn(n, 1, 4, 4, generator=g, dtype=dtype)
+    targets = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    return Case(name, model, inputs, targets)
