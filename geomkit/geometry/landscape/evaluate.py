@@ -1,0 +1,385 @@
+"""Loss and accuracy on a grid of perturbed weights theta + a*d1 + b*d2.
+
+For every grid point ``(a, b)`` the model's parameters are overwritten in place
+with ``theta + a*d1 + b*d2`` and the model is evaluated (eval mode,
+``torch.inference_mode``) on the analysis data:
+
+    L(a, b) = (1/N) sum_n CE(f(x_n; theta + a d1 + b d2), y_n)
+    acc(a, b) = 100/N * #{n : argmax f(x_n; ...) = y_n}        (percent, as the reference)
+
+Parameters whose directions are zero everywhere (1-D parameters under
+``ignore="biasbn"``) are not touched; buffers never are.  At ``a = b = 0`` the saved
+``theta`` is copied back bit for bit, so the center reproduces the unperturbed loss
+of :func:`evaluate` exactly.  The original weights, the train/eval flags, device and
+dtype are restored after the run and on error.
+
+On CPU this in-place loop beats ``torch.func.functional_call`` + ``vmap`` over grid
+points (see ``docs/benchmarks/landscape.md``); ``points_per_call > 1`` selects the
+vmap path, which may pay on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomkit.errors import SpecError
+from geomkit.geometry._batches import iter_batches
+
+from .directions import Direction
+
+#: analysis mini-batch used when ``batch_size`` is None (fastest measured on CPU for
+#: the tiny reference models; memory stays small).
+DEFAULT_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular grid ``MIN:MAX:NUM`` per axis; ``y=None`` is a 1-D line.
+
+    Points are enumerated row-major over the ``[len(y), len(x)]`` array (row ``i``
+    is ``y_i``, column ``j`` is ``x_j``): flat index ``k = i*len(x) + j``.
+    """
+
+    x: tuple[float, float, int]
+    y: tuple[float, float, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name, r in (("x", self.x), ("y", self.y)):
+            if r is None:
+                continue
+            lo, hi, num = r
+            if not (math.isfinite(lo) and math.isfinite(hi)) or int(num) < 1 or (num > 1 and hi <= lo):
+                raise SpecError(f"grid {name} needs finite MIN < MAX and NUM >= 1, got {r}")
+
+    @staticmethod
+    def _coords(r: tuple[float, float, int]) -> np.ndarray:
+        lo, hi, num = r
+        c = np.linspace(float(lo), float(hi), int(num))
+        c[np.abs(c) < 1e-12 * max(abs(hi - lo), 1e-300)] = 0.0  # the center exactly 0
+        return c
+
+    @property
+    def xcoordinates(self) -> np.ndarray:
+        return self._coords(self.x)
+
+    @property
+    def ycoordinates(self) -> np.ndarray | None:
+        return None if self.y is None else self._coords(self.y)
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.x[2]),) if self.y is None else (int(self.y[2]), int(self.x[2]))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def coords(self, flat: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Coefficients ``[P, ndim]`` (``a`` then ``b``) of the flat indices ``flat``."""
+        flat = np.arange(self.size) if flat is None else np.asarray(flat, dtype=np.int64)
+        x = self.xcoordinates
+        if self.y is None:
+            return x[flat][:, None]
+        i, j = np.divmod(flat, len(x))
+        return np.stack([x[j], self.ycoordinates[i]], axis=1)
+
+    def spec(self) -> dict:
+        """``{"x": "MIN:MAX:NUM", "y": ... or None}`` (numbers round-trip exactly)."""
+
+        def num(v: float) -> str:
+            v = float(v)
+            return str(int(v)) if v.is_integer() else repr(v)
+
+        def fmt(r):
+            return None if r is None else f"{num(r[0])}:{num(r[1])}:{int(r[2])}"
+
+        return {"x": fmt(self.x), "y": fmt(self.y)}
+
+
+@dataclass(frozen=True, eq=False)
+class Landscape:
+    """A (possibly partial) loss surface.
+
+    ``loss``/``acc``/``done`` are shaped ``[len(y), len(x)]`` (``[len(x)]`` for a
+    line); ``acc`` is in percent; points not ``done`` hold NaN.  ``attrs`` holds the
+    run's spec and provenance; ``seconds`` the evaluation time of this run.
+    """
+
+    xcoordinates: np.ndarray
+    ycoordinates: np.ndarray | None
+    loss: np.ndarray
+    acc: np.ndarray
+    done: np.ndarray
+    attrs: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    path: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    @property
+    def center_loss(self) -> float:
+        """Loss at the grid point nearest to the origin."""
+        j = int(np.argmin(np.abs(self.xcoordinates)))
+        if self.ycoordinates is None:
+            return float(self.loss[j])
+        i = int(np.argmin(np.abs(self.ycoordinates)))
+        return float(self.loss[i, j])
+
+
+def _prepare_batches(inputs, targets, batch_size, device, dtype):
+    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    return list(iter_batches(inputs, targets, bs, device=device, dtype=dtype, shard=False))
+
+
+def _loss_acc(model: nn.Module, batches, n: int) -> tuple[float, float]:
+    loss = None
+    correct = None
+    for x, y in batches:
+        out = model(x)
+        l_ = F.cross_entropy(out, y, reduction="sum").double()
+        c_ = (out.argmax(dim=1) == y).sum()
+        loss = l_ if loss is None else loss + l_
+        correct = c_ if correct is None else correct + c_
+    return float(loss) / n, 100.0 * float(correct) / n
+
+
+class _ModelState:
+    """Saves and restores a model's train flags, device and dtype (context manager)."""
+
+    def __init__(self, model: nn.Module, device, dtype):
+        self.model = model
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.target_device = torch.device(device) if device is not None else self.device
+        self.target_dtype = dtype or self.dtype
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        if self.target_device != self.device or self.target_dtype != self.dtype:
+            self.model.to(device=self.target_device, dtype=self.target_dtype)
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        if self.target_device != self.device or self.target_dtype != self.dtype:
+            self.model.to(device=self.device, dtype=self.dtype)
+        for m, t in self.flags:
+            m.training = t
+        return False
+
+
+def evaluate(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (percent) of the unperturbed model, in eval mode.
+
+    With the same ``batch_size`` this is bit-identical to the center of a grid.
+    """
+    with _ModelState(model, device, dtype) as st:
+        batches = _prepare_batches(inputs, targets, batch_size, st.target_device, dtype)
+        with torch.inference_mode():
+            return _loss_acc(model, batches, len(inputs))
+
+
+class _Perturber:
+    """Writes ``theta + sum_k c_k d_k`` into the parameters in place; restores theta."""
+
+    def __init__(self, model: nn.Module, directions: Sequence[Direction]):
+        params = dict(model.named_parameters())
+        for d in directions:
+            unknown = sorted(set(d) - set(params))
+            if unknown:
+                raise SpecError(
+                    f"direction names {unknown[:3]} are not parameters of the model; "
+                    "directions must be keyed by the model's state_dict names"
+                )
+        self.entries: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]] = []
+        for name, p in params.items():
+            ds = []
+            for d in directions:
+                t = d.get(name)
+                ds.append(None if t is None or not bool(torch.any(t != 0)) else t.to(p.device, p.dtype))
+            if all(t is None for t in ds):
+                continue
+            self.entries.append((p.data, p.detach().clone(), ds))
+
+    def set(self, coeffs: Sequence[float]) -> None:
+        with torch.no_grad():
+            for p, theta, ds in self.entries:
+                first = True
+                for c, d in zip(coeffs, ds):
+                    if d is None or c == 0.0:
+                        continue
+                    if first:
+                        torch.add(theta, d, alpha=float(c), out=p)
+                        first = False
+                    else:
+                        p.add_(d, alpha=float(c))
+                if first:  # all coefficients zero: theta exactly
+                    p.copy_(theta)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, theta, _ in self.entries:
+                p.copy_(theta)
+
+
+def evaluate_points(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    directions: Sequence[Direction],
+    coords: np.ndarray,
+    *,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    points_per_call: int = 1,
+    progress: bool = False,
+    callback: Callable[[int, float, float], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy at ``theta + sum_k coords[p, k] * directions[k]`` for each row ``p``.
+
+    Args:
+        directions: one name->tensor dict per column of ``coords``.
+        coords: ``[P, len(directions)]`` coefficients.
+        points_per_call: 1 = the in-place loop (fastest on CPU); K > 1 evaluates K
+            points per forward with ``torch.func.functional_call`` + ``vmap``.
+        callback: called as ``callback(p, loss, acc)`` after each point (flushing).
+
+    Returns:
+        ``(loss, acc)`` float64 arrays of length P; non-finite losses are kept as is.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(len(coords), -1)
+    if coords.shape[1] != len(directions):
+        raise ValueError(f"coords have {coords.shape[1]} columns for {len(directions)} directions")
+    n_pts = len(coords)
+    losses = np.full(n_pts, np.nan)
+    accs = np.full(n_pts, np.nan)
+    if n_pts == 0:
+        return losses, accs
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_pts, unit="pt", desc="landscape", dynamic_ncols=True)
+    with _ModelState(model, device, dtype) as st:
+        batches = _prepare_batches(inputs, targets, batch_size, st.target_device, dtype)
+        n = len(inputs)
+        pert = _Perturber(model, directions)
+        try:
+            if points_per_call <= 1:
+                for p in range(n_pts):
+                    pert.set(coords[p])
+                    with torch.inference_mode():
+                        losses[p], accs[p] = _loss_acc(model, batches, n)
+                    if callback is not None:
+                        callback(p, losses[p], accs[p])
+                    if bar is not None:
+                        bar.update(1)
+            else:
+                pert.restore()
+                for s in range(0, n_pts, points_per_call):
+                    chunk = coords[s : s + points_per_call]
+                    l_, a_ = _vmap_points(model, batches, n, directions, chunk)
+                    for q in range(len(chunk)):
+                        losses[s + q], accs[s + q] = l_[q], a_[q]
+                        if callback is not None:
+                            callback(s + q, l_[q], a_[q])
+                    if bar is not None:
+                        bar.update(len(chunk))
+        finally:
+            pert.restore()
+            if bar is not None:
+                bar.close()
+    return losses, accs
+
+
+def _vmap_points(model, batches, n, directions, chunk) -> tuple[list[float], list[float]]:
+    """K grid points in one batched forward: params stacked [K, ...], vmapped."""
+    from torch.func import functional_call, vmap
+
+    c = torch.as_tensor(chunk)
+    params = {}
+    for name, p in model.named_parameters():
+        w = p.detach()
+        stacked = w.unsqueeze(0).expand(len(chunk), *w.shape).clone()
+        for k, d in enumerate(directions):
+            t = d.get(name)
+            if t is None:
+                continue
+            t = t.to(w.device, w.dtype)
+            coef = c[:, k].to(w.device, w.dtype).view(-1, *([1] * w.dim()))
+            stacked = stacked + coef * t
+        params[name] = stacked
+    buffers = {name: b for name, b in model.named_buffers()}
+
+    def f(ps, x):
+        return functional_call(model, (ps, buffers), (x,))
+
+    loss = torch.zeros(len(chunk), dtype=torch.float64, device=c.device)
+    correct = torch.zeros(len(chunk), dtype=torch.int64)
+    with torch.inference_mode():
+        for x, y in batches:
+            out = vmap(f, in_dims=(0, None))(params, x)  # [K, B, C]
+            ce = F.cross_entropy(out.flatten(0, 1), y.repeat(len(chunk)), reduction="none")
+            loss += ce.view(len(chunk), -1).double().sum(1).cpu()
+            correct += (out.argmax(-1) == y).sum(1).cpu()
+    return (loss / n).tolist(), (100.0 * correct.double() / n).tolist()
+
+
+def loss_landscape(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    directions: Sequence[Direction],
+    grid: Grid,
+    *,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    points_per_call: int = 1,
+    progress: bool = False,
+) -> Landscape:
+    """The whole surface in memory (no files): ``L(a, b)`` and accuracy on ``grid``.
+
+    ``directions`` has one entry for a line (``grid.y is None``), two for a surface.
+    See :func:`geomkit.geometry.landscape.compute_landscape` for resumable files.
+    """
+    if len(directions) != grid.ndim:
+        raise SpecError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, got {len(directions)}")
+    t0 = time.perf_counter()
+    loss, acc = evaluate_points(
+        model, inputs, targets, directions, grid.coords(),
+        batch_size=batch_size, device=device, dtype=dtype,
+        points_per_call=points_per_call, progress=progress,
+    )
+    return Landscape(
+        xcoordinates=grid.xcoordinates,
+        ycoordinates=grid.ycoordinates,
+        loss=loss.reshape(grid.shape),
+        acc=acc.reshape(grid.shape),
+        done=np.ones(grid.shape, dtype=bool),
+        attrs=dict(grid.spec()),
+        seconds=time.perf_counter() - t0,
+    )
