@@ -1,0 +1,145 @@
+"""Data sources by name, eval preprocessing, training augmentation and corruptions.
+
+>>> from geomkit.data import DataSpec, info, load_split
+>>> spec = DataSpec("digits", image_size=16)
+>>> info(spec)
+DataInfo(num_classes=10, in_chans=1, image_size=16, class_names=('0', '1', '2', '3', '4', '5', '6', '7', '8', '9'))
+>>> x, y = load_split(spec, "train")
+>>> tuple(x.shape), y.dtype
+((1437, 1, 16, 16), torch.int64)
+
+The sources, their fixed splits and normalization constants are documented in
+:mod:`geomkit.data.sources`. The analysis-data rule: the first N examples of
+``load_split(spec, split)``.
+"""  # noqa: E501
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from geomkit.data.sources import CIFAR10_CLASSES, DIGITS_CLASSES, FASHION_MNIST_CLASSES, raw_data
+from geomkit.data.spec import SOURCES, SPLITS, DataInfo, DataSpec
+from geomkit.data.transforms import augment_batch, normalize, resize
+from geomkit.errors import DataError
+
+__all__ = [
+    "DataInfo",
+    "DataSpec",
+    "SOURCES",
+    "SPLITS",
+    "augment_batch",
+    "info",
+    "list_sources",
+    "load_split",
+    "subset_indices",
+]
+
+# Sources whose shape is known without reading any file: (classes, chans, native size, names).
+_FIXED = {
+    "digits": (1, 8, DIGITS_CLASSES),
+    "fashion-mnist": (1, 28, FASHION_MNIST_CLASSES),
+    "cifar10": (3, 32, CIFAR10_CLASSES),
+}
+
+
+def list_sources() -> list[str]:
+    """The names accepted as ``DataSpec.source``."""
+    return list(SOURCES)
+
+
+def info(spec: DataSpec) -> DataInfo:
+    """Classes, channels, output image size and class names of ``spec``.
+
+    Reads no file for ``digits``, ``fashion-mnist``, ``cifar10`` and ``synthetic``;
+    ``cifar100`` and ``npz`` load (and cache) their data.
+    """
+    _check_spec(spec)
+    if spec.source in _FIXED:
+        chans, size, names = _FIXED[spec.source]
+    elif spec.source == "synthetic":
+        chans, size = spec.synthetic_chans, spec.synthetic_size
+        names = tuple(f"class {i}" for i in range(spec.synthetic_classes))
+    else:
+        raw = raw_data(spec)
+        chans, h, w = raw.x_train.shape[1:]
+        size = spec.image_size or _native_size(spec, h, w)
+        names = raw.class_names
+    return DataInfo(len(names), chans, spec.image_size or size, tuple(names))
+
+
+def load_split(spec: DataSpec, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples of ``split`` with eval preprocessing, in the source's canonical order.
+
+    Preprocessing: values scaled to [0, 1]; resized to ``spec.image_size`` (bilinear,
+    antialiased when shrinking); if ``spec.normalize``, standardised per channel with the
+    source's training-split mean and std. No augmentation. For ``split="train"`` with
+    ``spec.subset < 1`` only the :func:`subset_indices` examples are kept (still in
+    canonical order). Raw arrays are cached per process; each call returns new tensors.
+
+    Args:
+        spec: the data spec.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        ``(x, y)``: float32 N×C×H×W images and int64 labels of length N.
+
+    Raises:
+        DataError: unknown split, or missing / corrupt / malformed source files.
+    """
+    _check_spec(spec)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    raw = raw_data(spec)
+    x_np, y_np = (raw.x_train, raw.y_train) if split == "train" else (raw.x_test, raw.y_test)
+    size = spec.image_size or _native_size(spec, *x_np.shape[2:])
+    if split == "train" and spec.subset < 1.0:
+        keep = subset_indices(y_np, spec.subset, spec.subset_seed)
+        x_np, y_np = x_np[keep], y_np[keep]
+    x = torch.from_numpy(np.divide(x_np, np.float32(raw.scale), dtype=np.float32))
+    y = torch.from_numpy(np.array(y_np, dtype=np.int64))
+    x = resize(x, size)
+    if spec.normalize:
+        x = normalize(x, raw.mean, raw.std)
+    return x.contiguous(), y
+
+
+def subset_indices(labels: np.ndarray | torch.Tensor, fraction: float, seed: int) -> np.ndarray:
+    r"""Sorted indices of a class-balanced random ``fraction`` of ``labels``.
+
+    From each class with :math:`n_c` examples, :math:`k_c = \max(1, \lfloor f n_c + 1/2
+    \rfloor)` are drawn without replacement by a ``torch.Generator`` seeded with ``seed``
+    (classes in increasing label order, one ``randperm`` each); the union is returned in
+    increasing order, so the canonical order is kept.
+    """
+    y = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"subset must be a fraction in (0, 1], got {fraction!r}")
+    if fraction == 1.0:
+        return np.arange(len(y))
+    g = torch.Generator().manual_seed(int(seed))
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = max(1, math.floor(fraction * len(idx) + 0.5))
+        pick = torch.randperm(len(idx), generator=g)[:k].numpy()
+        keep.append(idx[pick])
+    return np.sort(np.concatenate(keep))
+
+
+def _check_spec(spec: DataSpec) -> None:
+    if not isinstance(spec, DataSpec):
+        raise DataError(
+            f"expected a geomkit.data.DataSpec, got {type(spec).__name__}; "
+            "build one with DataSpec(source=...) or DataSpec.from_dict(d)"
+        )
+
+
+def _native_size(spec: DataSpec, h: int, w: int) -> int:
+    if h != w:
+        raise DataError(
+            f"{spec.source} images are {h}×{w}, not square; set image_size to resize them"
+        )
+    return int(h)
