@@ -67,7 +67,7 @@ def landscape_from_checkpoint(
     The spec stored in the file (and checked on resume) holds the checkpoint's
     SHA-256, the grid, direction, norm, ignore, seed, split, samples and dtype.
     """
-    from geomkit import load_checkpoint
+    from geomkit.checkpoint import load_checkpoint
 
     if norm not in NORMS:
         raise SpecError(f"unknown normalization {norm!r}; choose one of {', '.join(NORMS)}")

@@ -1,0 +1,222 @@
+"""Directions and grid evaluation of geomkit.geometry.landscape, against explicit oracles."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomkit.errors import CheckpointError, SpecError
+from geomkit.geometry.landscape import (
+    Grid,
+    cosine,
+    evaluate,
+    evaluate_points,
+    interpolation_direction,
+    loss_landscape,
+    normalize_direction,
+    random_direction,
+    random_directions,
+)
+from tests.cases import CASE_NAMES, make_case
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(model, saved):
+    now = model.state_dict()
+    assert list(now) == list(saved)
+    for k, v in saved.items():
+        assert torch.equal(now[k], v), k
+
+
+# ---------------------------------------------------------------- directions
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_filter_normalization_matches_weight_filters(name):
+    case = make_case(name)
+    w = dict(case.model.named_parameters())
+    d = random_direction(case.model, seed=3)
+    assert list(d) == list(w)  # state_dict names, unmodified, same order
+    for k, t in d.items():
+        if t.dim() <= 1:
+            assert torch.count_nonzero(t) == 0, k  # biasbn: 1-D parameters zeroed
+            continue
+        for i in range(t.shape[0]):  # every filter (dim-0 slice) has its weight filter's norm
+            torch.testing.assert_close(t[i].norm(), w[k][i].detach().norm(), rtol=1e-9, atol=1e-9)
+
+
+def test_filter_normalization_oracle_per_filter_loop():
+    """Li et al.: D_i <- D_i * ||W_i|| / (||D_i|| + 1e-10), written as an explicit loop."""
+    case = make_case("cnn_bn")
+    weights = {k: p.detach() for k, p in case.model.named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    raw = {k: torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.dtype) for k, w in weights.items()}
+    got = normalize_direction(raw, weights, norm="filter", ignore="biasbn")
+    for k, r in raw.items():
+        want = torch.zeros_like(r)
+        if r.dim() > 1:
+            for i in range(r.shape[0]):
+                want[i] = r[i] * weights[k][i].norm() / (r[i].norm() + 1e-10)
+        torch.testing.assert_close(got[k], want, rtol=1e-12, atol=0)
+    assert got is not raw and torch.count_nonzero(raw["1.weight"]) > 0  # input untouched
+
+
+def test_ignore_none_keeps_1d_params_normalized_as_a_whole():
+    case = make_case("cnn_bn")
+    w = dict(case.model.named_parameters())
+    d = random_direction(case.model, seed=1, ignore="none")
+    d_bb = random_direction(case.model, seed=1, ignore="biasbn")
+    for k, t in d.items():
+        if t.dim() <= 1:
+            assert torch.count_nonzero(t) == t.numel()
+            torch.testing.assert_close(t.norm(), w[k].detach().norm(), rtol=1e-9, atol=0)
+        else:  # the >= 2-D entries do not depend on `ignore`
+            assert torch.equal(t, d_bb[k])
+
+
+def test_layer_and_none_normalization():
+    case = make_case("vit1")
+    w = dict(case.model.named_parameters())
+    lay = random_direction(case.model, seed=2, norm="layer")
+    raw = random_direction(case.model, seed=2, norm="none", ignore="none")
+    g = torch.Generator().manual_seed(2)
+    for k, p in w.items():
+        want = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
+        assert torch.equal(raw[k], want)
+        if p.dim() > 1:
+            torch.testing.assert_close(lay[k].norm(), p.detach().norm(), rtol=1e-9, atol=0)
+    with pytest.raises(SpecError):
+        random_direction(case.model, norm="bogus")
+    with pytest.raises(SpecError):
+        random_direction(case.model, ignore="bogus")
+
+
+def test_same_seed_same_directions_and_near_orthogonal():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+    a1, b1 = random_directions(model, 2, seed=7)
+    a2, b2 = random_directions(model, 2, seed=7)
+    c, _ = random_directions(model, 2, seed=8)
+    for k in a1:
+        assert torch.equal(a1[k], a2[k]) and torch.equal(b1[k], b2[k])
+    assert not torch.equal(a1["0.weight"], c["0.weight"])
+    assert abs(cosine(a1, b1)) < 0.05  # ~11k entries: cosine ~ 0.01
+    assert cosine(a1, a1) == pytest.approx(1.0)
+
+
+def test_interpolation_direction_reaches_the_target():
+    torch.manual_seed(0)
+    m1 = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    m2 = copy.deepcopy(m1)
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.add_(torch.randn_like(p))
+    d = interpolation_direction(m1, m2)
+    assert set(d) == {k for k, _ in m1.named_parameters()}  # no running stats
+    for k, p in m1.named_parameters():
+        torch.testing.assert_close(p.detach() + d[k], dict(m2.named_parameters())[k].detach())
+    with pytest.raises(CheckpointError):
+        interpolation_direction(m1, nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2)))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _oracle(model, inputs, targets, dirs, coeffs):
+    """Loss and accuracy of a fresh copy loaded with theta + sum c_k d_k (no batching)."""
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            p.add_(sum(c * d[k] for c, d in zip(coeffs, dirs)))
+        out = m(inputs)
+    return F.cross_entropy(out, targets).item(), 100.0 * (out.argmax(1) == targets).double().mean().item()
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_grid_matches_oracle_and_center_is_exact(name):
+    case = make_case(name, n=12)
+    model, x, y = case.model, case.inputs, case.targets
+    saved = _state(model)
+    dirs = random_directions(model, 2, seed=0, ignore="none")
+    grid = Grid((-1.0, 1.0, 3), (-0.5, 0.5, 3))
+    surf = loss_landscape(model, x, y, dirs, grid, batch_size=5)
+    assert surf.loss.shape == (3, 3) and surf.done.all()
+    # the center reproduces the unperturbed evaluation bit for bit
+    assert surf.loss[1, 1] == evaluate(model, x, y, batch_size=5)[0]
+    assert surf.center_loss == surf.loss[1, 1]
+    for i, b in enumerate(grid.ycoordinates):  # row i is y_i, column j is x_j
+        for j, a in enumerate(grid.xcoordinates):
+            loss, acc = _oracle(model, x, y, dirs, (a, b))
+            assert surf.loss[i, j] == pytest.approx(loss, rel=1e-12)
+            assert surf.acc[i, j] == pytest.approx(acc)
+    _assert_same_state(model, saved)
+
+
+def test_center_equals_unperturbed_float32_and_buffers_untouched():
+    case = make_case("cnn_bn", n=20, dtype=torch.float32)
+    model = case.model.train()  # evaluated in eval mode, flags restored
+    saved = _state(model)
+    dirs = random_directions(model, 2, seed=0)
+    surf = loss_landscape(model, case.inputs, case.targets, dirs, Grid((-1, 1, 5), (-1, 1, 5)))
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    assert surf.loss[2, 2] == evaluate(model, case.inputs, case.targets)[0]
+    _assert_same_state(model, saved)  # incl. BatchNorm running statistics
+
+
+def test_weights_restored_on_error():
+    case = make_case("vit1")
+    saved = _state(case.model)
+    dirs = random_directions(case.model, 2, seed=0)
+
+    def boom(p, loss, acc):
+        if p == 2:
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate_points(case.model, case.inputs, case.targets, dirs,
+                        Grid((-1, 1, 3), (-1, 1, 3)).coords(), callback=boom)
+    _assert_same_state(case.model, saved)
+
+
+def test_non_finite_losses_are_stored():
+    case = make_case("mlp")
+    d = random_direction(case.model, seed=0)
+    huge = {k: v * 1e308 for k, v in d.items()}
+    surf = loss_landscape(case.model, case.inputs, case.targets, [huge], Grid((-10, 10, 3)))
+    assert surf.loss.shape == (3,)
+    assert np.isfinite(surf.loss[1]) and not np.isfinite(surf.loss[0]) and not np.isfinite(surf.loss[2])
+
+
+def test_vmap_path_matches_loop():
+    case = make_case("vit1")
+    dirs = random_directions(case.model, 2, seed=0)
+    g = Grid((-1, 1, 3), (-1, 1, 3))
+    loop = loss_landscape(case.model, case.inputs, case.targets, dirs, g, batch_size=4)
+    vm = loss_landscape(case.model, case.inputs, case.targets, dirs, g, batch_size=4, points_per_call=4)
+    np.testing.assert_allclose(vm.loss, loop.loss, rtol=1e-10)
+    np.testing.assert_array_equal(vm.acc, loop.acc)
+
+
+def test_grid_spec_and_errors():
+    g = Grid((-1, 1, 51), (-0.5, 2.5, 4))
+    assert g.shape == (4, 51) and g.size == 204
+    assert g.spec() == {"x": "-1:1:51", "y": "-0.5:2.5:4"}
+    assert g.xcoordinates[25] == 0.0
+    c = g.coords([0, 52])
+    assert c.tolist() == [[-1.0, -0.5], [-0.96, 0.5]]
+    with pytest.raises(SpecError):
+        Grid((1, -1, 5))
+    case = make_case("mlp")
+    with pytest.raises(SpecError):
+        loss_landscape(case.model, case.inputs, case.targets, [{}], Grid((-1, 1, 3), (-1, 1, 3)))
+    with pytest.raises(SpecError):
+        loss_landscape(case.model, case.inputs, case.targets, [{"nope": torch.ones(1)}], Grid((-1, 1, 3)))
