@@ -220,3 +220,29 @@ def test_grid_spec_and_errors():
         loss_landscape(case.model, case.inputs, case.targets, [{}], Grid((-1, 1, 3), (-1, 1, 3)))
     with pytest.raises(SpecError):
         loss_landscape(case.model, case.inputs, case.targets, [{"nope": torch.ones(1)}], Grid((-1, 1, 3)))
+
+
+def test_hessian_directions_are_the_dense_top_eigenvectors():
+    from geomkit.geometry.landscape import hessian_available, hessian_directions
+
+    if not hessian_available():
+        pytest.skip("geomkit.geometry.hessian.hessian_eigs(return_vectors=True) not present")
+    from torch.func import functional_call, hessian
+
+    case = make_case("mlp")
+    names = [n for n, _ in case.model.named_parameters()]
+    shapes = [p.shape for _, p in case.model.named_parameters()]
+    flat = torch.cat([p.detach().flatten() for p in case.model.parameters()])
+
+    def loss(v):
+        ps, i = {}, 0
+        for n, s in zip(names, shapes):
+            ps[n] = v[i : i + s.numel()].view(s)
+            i += s.numel()
+        return F.cross_entropy(functional_call(case.model, ps, (case.inputs,)), case.targets)
+
+    _, vecs = torch.linalg.eigh(hessian(loss)(flat))
+    d = hessian_directions(case.model, case.inputs, case.targets, k=2, tol=1e-10)
+    for k in range(2):
+        v = torch.cat([d[k][n].flatten() for n in names])
+        assert abs(float(v @ vecs[:, -1 - k])) == pytest.approx(1.0, abs=1e-6)

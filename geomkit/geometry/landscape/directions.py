@@ -157,31 +157,39 @@ def interpolation_direction(model: nn.Module, target: nn.Module) -> Direction:
 def hessian_directions(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, k: int = 2, **options
 ) -> list[Direction]:
-    """The top-``k`` Hessian eigenvectors as directions (unit norm, by parameter name).
+    """The top-``k`` Hessian eigenvectors of the whole model as directions.
 
-    Uses :func:`geomkit.geometry.hessian.hessian_eigs` with ``return_vectors=True``;
-    ``options`` are passed on (``batch_size``, ``seed``, ...).
+    Calls :func:`geomkit.geometry.hessian.hessian_eigs` (block ``whole``, Lanczos,
+    ``return_vectors=True``; ``options`` such as ``seed`` and ``batch_size`` are passed
+    on).  The vectors are unit-norm in the full parameter space and are *not* filter
+    normalized (that would destroy the eigen-structure), so a grid ``-r:r`` moves the
+    weights by at most ``r*sqrt(2)`` in Euclidean norm.  Parameters outside the block
+    (none for ``whole``) get zero entries.
     """
     from geomkit.geometry import hessian
 
-    res = hessian.hessian_eigs(model, inputs, targets, top_k=k, return_vectors=True, **options)
-    return [_as_direction(model, v) for v in list(res.eigenvectors)[:k]]
+    res = hessian.hessian_eigs(model, inputs, targets, blocks=("whole",), top_k=k,
+                               return_vectors=True, **options)
+    block = res.blocks["whole"]
+    names = res.params["whole"]
+    if block.vectors is None or len(block.vectors) < k:
+        raise ValueError(f"hessian_eigs returned {0 if block.vectors is None else len(block.vectors)} "
+                         f"eigenvectors, {k} needed")
+    return [_split_flat(model, names, block.vectors[i]) for i in range(k)]
 
 
-def _as_direction(model: nn.Module, v) -> Direction:
-    """A Hessian eigenvector (flat tensor or name->tensor dict) as a full direction."""
+def _split_flat(model: nn.Module, names: list[str], flat: torch.Tensor) -> Direction:
+    """A flat vector over the parameters ``names`` (in order) as a full named direction."""
     weights = model_weights(model)
-    if isinstance(v, Mapping):
-        return {n: (v[n].reshape(w.shape).to(w) if n in v else torch.zeros_like(w))
-                for n, w in weights.items()}
-    flat = torch.as_tensor(v).flatten()
-    out: Direction = {}
+    flat = flat.detach().flatten()
+    out: Direction = {n: torch.zeros_like(w) for n, w in weights.items()}
     i = 0
-    for n, w in weights.items():
+    for n in names:
+        w = weights[n]
         out[n] = flat[i : i + w.numel()].reshape(w.shape).to(w)
         i += w.numel()
     if i != flat.numel():
-        raise ValueError(f"eigenvector has {flat.numel()} entries, the model {i} parameters")
+        raise ValueError(f"eigenvector has {flat.numel()} entries, its block {i} parameters")
     return out
 
 

@@ -25,11 +25,14 @@ DIRECTION_KINDS = ("random", "hessian")
 
 def hessian_available() -> bool:
     """True when ``geomkit.geometry.hessian.hessian_eigs`` exists (top-k eigenvectors)."""
+    import inspect
+
     try:
         from geomkit.geometry import hessian
     except ImportError:
         return False
-    return hasattr(hessian, "hessian_eigs")
+    fn = getattr(hessian, "hessian_eigs", None)
+    return fn is not None and "return_vectors" in inspect.signature(fn).parameters
 
 
 def landscape_from_checkpoint(
@@ -89,7 +92,7 @@ def landscape_from_checkpoint(
 
         def make():
             return hessian_directions(model, inputs, targets, k=grid.ndim, seed=seed,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, device=device)
     else:
         if not Path(direction).exists():
             raise CheckpointError(

@@ -1,0 +1,175 @@
+"""``geomkit landscape`` (and ``geomkit landscape-merge``): loss surfaces to resumable HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+
+import numpy as np
+
+from cli._common import add_device_flag, add_json_flag, parse_range, positive_int, print_json, print_table
+
+ORDER = 50
+
+#: values starting with "-" that are numbers or grid specs (-1, -0.5, -1:1:51)
+_GRID_LIKE = re.compile(r"^-(\d|\.\d)[\d.eE:+-]*$")
+
+_DIR_HELP = (
+    "direction(s): 'random' (seeded Gaussian, normalized by --norm/--ignore; default){hess} "
+    "or the path of a second checkpoint of the same architecture CKPT2: x is the straight "
+    "line theta2 - theta (x=0 is CKPT, x=1 is CKPT2), 1-D unless --y is given, which adds a "
+    "random normalized y direction"
+)
+
+
+def register(subparsers) -> None:
+    from geomkit.geometry.landscape import IGNORES, NORMS, hessian_available
+
+    hess = ", 'hessian' (the top Hessian eigenvectors)" if hessian_available() else ""
+    p = subparsers.add_parser(
+        "landscape",
+        help="loss/accuracy surface around a checkpoint (filter-normalized directions) to HDF5",
+        description="Evaluate the mean cross-entropy and accuracy on the first N analysis "
+        "examples at every theta + a*d1 + b*d2 of a grid, into a resumable HDF5 file in the "
+        "layout of tomgoldstein/loss-landscape (xcoordinates, ycoordinates, train_loss, "
+        "train_acc shaped [len(y), len(x)]). Re-running the same command resumes an "
+        "interrupted file; a file computed with another spec is refused. Under torchrun each "
+        "rank computes its shard (OUT.shard<i>of<n>.h5) and rank 0 merges them into OUT.",
+    )
+    # let `--x -1:1:51` through: argparse would take "-1:1:51" for an option flag
+    p._negative_number_matcher = _GRID_LIKE
+    p.add_argument("checkpoint", metavar="CKPT", help="geomkit checkpoint (.pt) or run directory")
+    p.add_argument("--x", default=None, metavar="MIN:MAX:NUM",
+                   help="x grid (default -1:1:51; -0.5:1.5:41 for --dir CKPT2)")
+    p.add_argument("--y", default=None, metavar="MIN:MAX:NUM",
+                   help="y grid, or 'none' for a 1-D line (default -1:1:51 for random/hessian "
+                   "directions, none for --dir CKPT2)")
+    p.add_argument("--dir", default="random", metavar="random|hessian|CKPT2" if hess else "random|CKPT2",
+                   help=_DIR_HELP.format(hess=hess))
+    p.add_argument("--norm", default="filter", choices=NORMS,
+                   help="direction normalization: filter (Li et al. 2018, per dim-0 slice; "
+                   "default), layer (per tensor) or none (raw Gaussian, prone to NaN surfaces)")
+    p.add_argument("--ignore", default="biasbn", choices=IGNORES,
+                   help="biasbn: zero the direction on 1-D parameters (biases, norm layers; "
+                   "default); none: keep them, normalized as a whole")
+    p.add_argument("--samples", type=positive_int, default=1024, metavar="N",
+                   help="analysis examples: the first N of the training split (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
+                   help="evaluation mini-batch (default 1024; larger is faster on CPU)")
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="compute only shard i of n of the grid points (each shard its own "
+                   "resumable file; join them with `geomkit landscape-merge`)")
+    p.add_argument("--out", required=True, metavar="FILE.h5", help="result file (HDF5)")
+    p.add_argument("--resume", action="store_true",
+                   help="require FILE.h5 to exist and continue it (re-running without "
+                   "--resume also resumes a matching file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_device_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+    m = subparsers.add_parser(
+        "landscape-merge",
+        help="join the shard files of one `geomkit landscape --shard i/n` run into one file",
+        description="Check that the files are all n shards of one run (same checkpoint, grid, "
+        "directions, seed and normalization, each finished) and write the whole surface to "
+        "--out, identical in form to an unsharded run.",
+    )
+    m.add_argument("shards", nargs="+", metavar="SHARD.h5", help="the n shard files")
+    m.add_argument("--out", required=True, metavar="FILE.h5", help="merged result file")
+    add_json_flag(m)
+    m.set_defaults(func=run_merge)
+
+
+def _grid(args) -> tuple[tuple, tuple | None]:
+    from pathlib import Path
+
+    interp = args.dir not in ("random", "hessian") and Path(args.dir).exists()
+    x = parse_range(args.x, "--x") if args.x else ((-0.5, 1.5, 41) if interp else (-1.0, 1.0, 51))
+    if args.y is None:
+        y = None if interp else (-1.0, 1.0, 51)
+    elif args.y.lower() == "none":
+        y = None
+    else:
+        y = parse_range(args.y, "--y")
+    return x, y
+
+
+def _device(text: str | None):
+    if text in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else None
+    return text
+
+
+def _summary(res) -> dict:
+    loss = np.where(res.done, res.loss, np.nan)
+    finite = loss[np.isfinite(loss)]
+    a = res.attrs
+    center_acc = None
+    j = int(np.argmin(np.abs(res.xcoordinates)))
+    if res.ycoordinates is None:
+        center_acc = float(res.acc[j])
+    else:
+        center_acc = float(res.acc[int(np.argmin(np.abs(res.ycoordinates))), j])
+    return {
+        "file": res.path,
+        "x": a.get("x"),
+        "y": a.get("y") or None,
+        "shape": list(res.loss.shape),
+        "points_done": int(res.done.sum()),
+        "points_total": int(res.done.size),
+        "complete": res.complete,
+        "center_loss": res.center_loss,
+        "center_acc": center_acc,
+        "min_loss": float(finite.min()) if finite.size else None,
+        "max_loss": float(finite.max()) if finite.size else None,
+        "non_finite_points": int((res.done & ~np.isfinite(res.loss)).sum()),
+        "seconds": float(res.seconds),
+        "points_per_s": float(a.get("points_per_s", 0.0)) or None,
+        "dir": a.get("dir"),
+        "norm": a.get("norm"),
+        "ignore": a.get("ignore"),
+        "seed": a.get("seed"),
+        "samples": a.get("samples"),
+        "shard": a.get("shard"),
+        "checkpoint_sha256": a.get("checkpoint_sha256"),
+    }
+
+
+def _render(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    rows = [[k, v] for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))]
+    print_table(["field", "value"], [[k, v if not isinstance(v, list) else "x".join(map(str, v))]
+                                     for k, v in rows])
+
+
+def run(args: argparse.Namespace) -> int:
+    from geomkit import distributed
+    from geomkit.geometry.landscape import landscape_from_checkpoint, parse_shard
+
+    x, y = _grid(args)
+    shard = parse_shard(args.shard) if args.shard else None
+    res = landscape_from_checkpoint(
+        args.checkpoint, args.out, x=x, y=y, direction=args.dir, norm=args.norm,
+        ignore=args.ignore, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+        shard=shard, resume=True if args.resume else None, device=_device(args.device),
+        progress=not args.no_progress and sys.stderr.isatty() or (not args.no_progress and not args.json),
+    )
+    if distributed.is_main():
+        _render(_summary(res), args.json)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from geomkit.geometry.landscape import merge_shards
+
+    res = merge_shards(args.shards, args.out)
+    _render(_summary(res), args.json)
+    return 0
