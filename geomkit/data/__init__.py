@@ -20,17 +20,21 @@ import math
 import numpy as np
 import torch
 
+from geomkit.data.corruptions import CORRUPTIONS, corrupt, corrupt_normalized
 from geomkit.data.sources import CIFAR10_CLASSES, DIGITS_CLASSES, FASHION_MNIST_CLASSES, raw_data
 from geomkit.data.spec import SOURCES, SPLITS, DataInfo, DataSpec
-from geomkit.data.transforms import augment_batch, normalize, resize
+from geomkit.data.transforms import augment_batch, resize
 from geomkit.errors import DataError
 
 __all__ = [
+    "CORRUPTIONS",
     "DataInfo",
     "DataSpec",
     "SOURCES",
     "SPLITS",
     "augment_batch",
+    "corrupt",
+    "corrupt_normalized",
     "info",
     "list_sources",
     "load_split",
@@ -98,11 +102,16 @@ def load_split(spec: DataSpec, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "train" and spec.subset < 1.0:
         keep = subset_indices(y_np, spec.subset, spec.subset_seed)
         x_np, y_np = x_np[keep], y_np[keep]
-    x = torch.from_numpy(np.divide(x_np, np.float32(raw.scale), dtype=np.float32))
+    # One float32 copy, then in-place arithmetic: no further 4-byte-per-pixel temporaries.
+    x = torch.from_numpy(np.array(x_np, dtype=np.float32))
     y = torch.from_numpy(np.array(y_np, dtype=np.int64))
+    if raw.scale != 1.0:
+        x.div_(raw.scale)
     x = resize(x, size)
     if spec.normalize:
-        x = normalize(x, raw.mean, raw.std)
+        mean = torch.tensor(raw.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(raw.std, dtype=x.dtype).view(1, -1, 1, 1)
+        x.sub_(mean).div_(std)
     return x.contiguous(), y
 
 
