@@ -1,0 +1,272 @@
+"""Extreme Hessian eigenvalues per parameter block: λ_max, top-k, λ_min.
+
+For each block B (see :mod:`geomkit.geometry.blocks`) this finds the extreme
+eigenvalues of the diagonal Hessian block
+
+    H_BB = ∂²L / ∂θ_B ∂θ_Bᵀ,   L(θ) = (1/N) Σ_i CE(f(x_i; θ), y_i),
+
+the other parameters held fixed, by Lanczos with full reorthogonalization
+(:mod:`geomkit.geometry.lanczos`) on matrix-free products
+(:mod:`geomkit.geometry.hvp`).  λ_max is the algebraically largest eigenvalue
+(not the largest in magnitude, which power iteration would return), the
+sharpness of the paper's Tables 1 and 3.
+
+Several blocks are run in *lockstep*: every Lanczos step multiplies all
+unconverged blocks' vectors in one operator call, which shares the forward and
+first backward (``stream``/``func`` recomputation) or the retained graph
+(``reuse``).  Measured on 2 CPU cores (``benchmarks/hessian.py --schedule``,
+``docs/benchmarks/hessian.md``): with ``stream`` on a 1-block ViT and the
+7 paper blocks, lockstep took 0.45x the time of running the blocks one after
+another; with ``reuse`` the two cost the same (the graph is shared either way),
+so lockstep is the default.  A vmapped product over stacked tangents
+(``is_grads_batched``) is not used: batching through the backward of norm layers
+is the path that gives wrong LayerNorm Hessians with this torch (``jacrev``).
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> torch.manual_seed(0) and None
+    >>> m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    >>> x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+    >>> r = hessian_eigs(m, x, y, blocks=("whole",), regex={"last": r"^2\\."}, tol=1e-8)
+    >>> sorted(r.blocks), r.blocks["whole"].n_params
+    (['last', 'whole'], 67)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from geomkit.errors import SpecError
+from geomkit.geometry.blocks import resolve_blocks
+from geomkit.geometry.hvp import BN_MODES, STRATEGIES, HessianOperator
+from geomkit.geometry.lanczos import LanczosRun, start_vector
+
+__all__ = ["BlockEigs", "HessianResult", "hessian_eigs", "lambda_max", "SCHEDULES"]
+
+SCHEDULES = ("lockstep", "sequential")
+
+
+@dataclass(frozen=True)
+class BlockEigs:
+    """Extreme eigenvalues of one diagonal Hessian block H_BB.
+
+    Attributes:
+        lambda_max: the algebraically largest eigenvalue (Ritz value).
+        eigenvalues: the top-k Ritz values, largest first.
+        residuals: their residual bounds |β_m s_{m,i}| = ‖H y_i − θ_i y_i‖.
+        lambda_min: the smallest Ritz value (None unless asked).
+        lambda_min_residual: its residual bound (None unless asked).
+        n_params: the block's number of parameters.
+        n_hvps: Hessian-vector products used.
+        seconds: wall time attributed to this block (lockstep: shared calls split
+            evenly among the blocks they served).
+        converged: whether the stopping rule was met before ``max_iter``.
+        vectors: (k, n) unit eigenvector estimates, in the block's parameter order
+            (None unless ``return_vectors``).
+        vector_min: the eigenvector estimate of λ_min (None unless asked).
+    """
+
+    lambda_max: float
+    eigenvalues: tuple[float, ...]
+    residuals: tuple[float, ...]
+    lambda_min: float | None
+    lambda_min_residual: float | None
+    n_params: int
+    n_hvps: int
+    seconds: float
+    converged: bool
+    vectors: torch.Tensor | None = field(default=None, repr=False)
+    vector_min: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def residual(self) -> float:
+        """Residual bound of λ_max."""
+        return self.residuals[0]
+
+
+@dataclass(frozen=True)
+class HessianResult:
+    """Per-block extreme eigenvalues and the settings that produced them.
+
+    Attributes:
+        blocks: block name → :class:`BlockEigs`, in the requested order.
+        params: block name → parameter names.
+        n_samples: N, the analysis examples the loss averages over.
+        strategy: the HVP strategy used (``reuse``/``stream``/``func``).
+        schedule: ``lockstep`` or ``sequential``.
+        bn: ``eval`` or ``train`` BatchNorm statistics.
+        batch_size, dtype, device, seed, tol, max_iter, top_k: the settings.
+        graph_bytes: estimated retained-graph bytes (``auto`` only).
+        seconds: total wall time.
+    """
+
+    blocks: dict[str, BlockEigs]
+    params: dict[str, list[str]]
+    n_samples: int
+    strategy: str
+    schedule: str
+    bn: str
+    batch_size: int | None
+    dtype: str
+    device: str
+    seed: int
+    tol: float
+    max_iter: int
+    top_k: int
+    graph_bytes: int | None
+    seconds: float
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain values (for JSON / HDF5 attributes)."""
+        return {
+            "n_samples": self.n_samples, "strategy": self.strategy, "schedule": self.schedule,
+            "bn": self.bn, "batch_size": self.batch_size, "dtype": self.dtype,
+            "device": self.device, "seed": self.seed, "tol": self.tol,
+            "max_iter": self.max_iter, "top_k": self.top_k,
+        }
+
+
+def hessian_eigs(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    blocks: Sequence[str] | str = ("whole",),
+    regex: dict[str, str] | None = None,
+    top_k: int = 1,
+    smallest: bool = False,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    batch_size: int | None = None,
+    strategy: str = "auto",
+    schedule: str = "lockstep",
+    bn: str = "eval",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    return_vectors: bool = False,
+    memory_budget: int | None = None,
+    progress: bool = False,
+) -> HessianResult:
+    """λ_max, top-k and optionally λ_min of each diagonal Hessian block H_BB.
+
+    Args:
+        model: any ``nn.Module`` mapping inputs to logits; left unchanged (mode,
+            parameters, ``requires_grad``, BatchNorm buffers).
+        inputs, targets: the analysis data (N examples); the loss is their mean
+            cross-entropy.
+        blocks: preset block names (``paper``, ``whole``, ``embedding``, ``attn``,
+            ``mlp``, ``token_mlp``, ``channel_mlp``, ``block{k}``).
+        regex: user blocks, name → regex on parameter names.
+        top_k: number of largest eigenvalues per block.
+        smallest: also compute λ_min.
+        tol: relative tolerance on the Ritz values' change and residual bound.
+        max_iter: maximum Lanczos steps (HVPs) per block.
+        batch_size: analysis mini-batch (None: all at once, or what fits memory).
+        strategy: HVP strategy, ``auto``/``reuse``/``stream``/``func``.
+        schedule: ``lockstep`` (blocks share operator calls) or ``sequential``.
+        bn: ``eval`` (running statistics) or ``train`` (batch statistics).
+        dtype: compute dtype (None: the model's), e.g. ``torch.float64``.
+        device: compute device (None: the model's).
+        seed: seeds every block's start vector.
+        return_vectors: also return eigenvector estimates.
+        memory_budget: bytes allowed for the retained graph under ``auto``.
+        progress: show a tqdm bar of Lanczos steps on stderr.
+
+    Returns:
+        A :class:`HessianResult`.
+
+    Raises:
+        BlockError: unknown block or a block matching no trainable parameter.
+        SpecError: invalid options.
+    """
+    t0 = time.perf_counter()
+    if top_k < 1:
+        raise SpecError(f"top_k must be >= 1, got {top_k}")
+    if max_iter < 1:
+        raise SpecError(f"max_iter must be >= 1, got {max_iter}")
+    if not tol >= 0:
+        raise SpecError(f"tol must be >= 0, got {tol}")
+    if schedule not in SCHEDULES:
+        raise SpecError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if strategy not in STRATEGIES:
+        raise SpecError(f"unknown HVP strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if bn not in BN_MODES:
+        raise SpecError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
+    if len(inputs) == 0:
+        raise SpecError("no analysis examples")
+    resolved = resolve_blocks(model, blocks, regex)
+    op = HessianOperator(model, inputs, targets, resolved, batch_size=batch_size,
+                         strategy=strategy, bn=bn, dtype=dtype, device=device,
+                         memory_budget=memory_budget)
+    runs = {
+        b: LanczosRun(start_vector(op.dims[b], seed, op.dtype, op.device), top_k=top_k,
+                      smallest=smallest, tol=tol, max_iter=max_iter)
+        for b in resolved
+    }
+    spent = {b: 0.0 for b in resolved}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(r.max_iter for r in runs.values()), unit="hvp", desc="lanczos",
+                   leave=False)
+    try:
+        groups = [list(resolved)] if schedule == "lockstep" else [[b] for b in resolved]
+        for group in groups:
+            while True:
+                active = [b for b in group if not runs[b].done]
+                if not active:
+                    break
+                if bar is not None:
+                    bar.set_description(",".join(active) if len(active) < 4 else "lanczos")
+                t1 = time.perf_counter()
+                outs = op.matvecs([(b, runs[b].query) for b in active])
+                for b, w in zip(active, outs):
+                    runs[b].feed(w)
+                dt = (time.perf_counter() - t1) / len(active)
+                for b in active:
+                    spent[b] += dt
+                    if bar is not None and runs[b].done:
+                        bar.update(runs[b].max_iter - runs[b].m + 1)
+                    elif bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        op.release()
+    out: dict[str, BlockEigs] = {}
+    for b, run in runs.items():
+        r = run.result(vectors=return_vectors)
+        out[b] = BlockEigs(
+            lambda_max=float(r.eigenvalues[0]),
+            eigenvalues=tuple(float(v) for v in r.eigenvalues),
+            residuals=tuple(float(v) for v in r.residuals),
+            lambda_min=r.lambda_min,
+            lambda_min_residual=r.lambda_min_residual,
+            n_params=op.dims[b],
+            n_hvps=r.n_hvps,
+            seconds=spent[b],
+            converged=r.converged,
+            vectors=r.vectors,
+            vector_min=r.vector_min,
+        )
+    return HessianResult(
+        blocks=out, params=resolved, n_samples=len(inputs), strategy=op.strategy,
+        schedule=schedule, bn=bn, batch_size=op.batch_size, dtype=str(op.dtype).replace("torch.", ""),
+        device=str(op.device), seed=seed, tol=tol, max_iter=max_iter, top_k=top_k,
+        graph_bytes=op.graph_bytes, seconds=time.perf_counter() - t0,
+    )
+
+
+def lambda_max(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+               **kwargs: Any) -> HessianResult:
+    """λ_max per block: :func:`hessian_eigs` with ``top_k=1`` (same keyword options)."""
+    kwargs.setdefault("top_k", 1)
+    return hessian_eigs(model, inputs, targets, **kwargs)

@@ -1,0 +1,279 @@
+"""Lanczos with full reorthogonalization for extreme eigenvalues of a symmetric operator.
+
+Given a symmetric operator A (a Hessian block, applied matrix-free) and a start
+vector q_1, Lanczos builds an orthonormal basis Q_m = [q_1 … q_m] of the Krylov
+space K_m(A, q_1) in which A is tridiagonal,
+
+    A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ,   T_m = tridiag(β_{j-1}, α_j, β_j).
+
+The eigenpairs (θ_i, s_i) of T_m (Ritz values and vectors) approximate A's
+extreme eigenvalues; Ritz vector y_i = Q_m s_i has the residual
+
+    ‖A y_i − θ_i y_i‖ = |β_m s_{m,i}|,
+
+a computable bound on the eigenvalue error (for a symmetric A some eigenvalue
+lies within it of θ_i).  Unlike power iteration, which converges to the
+eigenvalue of largest *magnitude*, the top Ritz value converges to the
+algebraically largest eigenvalue λ_max even when λ_min < −λ_max.
+
+Every new vector is reorthogonalized against the whole basis (classical
+Gram-Schmidt, twice), so no spurious copies of converged eigenvalues appear.
+The basis lives on the operator's device in its dtype (memory m·n numbers);
+T_m's eigenproblem is solved in float64 on the CPU.  The run stops when, for
+every requested Ritz value (the top ``k``, and the smallest if asked), both the
+relative change since the previous step and the relative residual bound
+|β_m s_{m,i}| / |θ_i| are below ``tol`` (|θ_i| floored at 1e-2·max_j |θ_j|,
+so a Ritz value near zero is judged against the spectrum's scale); or at ``max_iter``; or when β_m
+vanishes (the Krylov space is invariant: the Ritz values are exact).  The
+start vector is Gaussian from a seeded ``torch.Generator`` on the CPU, so runs
+are bitwise repeatable on CPU.
+
+Example:
+    >>> import torch
+    >>> A = torch.diag(torch.tensor([-5.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+    >>> r = lanczos(lambda v: A @ v, 4, top_k=2, smallest=True)
+    >>> [round(v, 6) for v in r.eigenvalues.tolist()], round(r.lambda_min, 6)
+    ([3.0, 2.0], -5.0)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LanczosResult", "LanczosRun", "lanczos", "start_vector"]
+
+# Relative errors of Ritz values near zero are measured against this fraction of
+# the largest |Ritz value| (a near-zero λ_min would otherwise never "converge").
+_FLOOR = 1e-2
+
+
+@dataclass(frozen=True)
+class LanczosResult:
+    """Result of a Lanczos run.
+
+    Attributes:
+        eigenvalues: float64 (k,), the top-k Ritz values, algebraically largest first.
+        residuals: float64 (k,), their residual bounds |β_m s_{m,i}| (absolute).
+        lambda_min: the smallest Ritz value (None unless ``smallest``).
+        lambda_min_residual: its residual bound (None unless ``smallest``).
+        vectors: (k, n) Ritz vectors in the operator's dtype (None unless asked).
+        vector_min: (n,) Ritz vector of ``lambda_min`` (None unless both asked).
+        ritz_values: float64 (m,), every Ritz value of T_m, ascending.
+        alphas, betas: float64 diagonal (m,) and off-diagonal (m-1,) of T_m.
+        first_components: float64 (m,), s_{1,i} for the ascending Ritz values (the
+            quadrature weights are their squares).
+        n_iter: Lanczos steps m; n_hvps: operator applications (= m).
+        seconds: wall time; converged: whether the stopping rule was met.
+    """
+
+    eigenvalues: torch.Tensor
+    residuals: torch.Tensor
+    lambda_min: float | None
+    lambda_min_residual: float | None
+    vectors: torch.Tensor | None
+    vector_min: torch.Tensor | None
+    ritz_values: torch.Tensor
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    first_components: torch.Tensor
+    n_iter: int
+    n_hvps: int
+    seconds: float
+    converged: bool
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.eigenvalues[0])
+
+
+def start_vector(n: int, seed: int, dtype: torch.dtype, device: torch.device | str | None = None,
+                 kind: str = "gaussian") -> torch.Tensor:
+    """A unit start vector from a CPU ``torch.Generator`` seeded with ``seed`` (device-independent).
+
+    ``kind`` is ``gaussian`` or ``rademacher`` (±1/√n).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    if kind == "rademacher":
+        v = torch.randint(0, 2, (n,), generator=g, dtype=torch.int8).to(torch.float64) * 2 - 1
+    else:
+        v = torch.randn(n, generator=g, dtype=torch.float64)
+    v = v / torch.linalg.vector_norm(v)
+    return v.to(device=device, dtype=dtype)
+
+
+class LanczosRun:
+    """One Lanczos iteration as a state machine, so several runs can share operator calls.
+
+    Usage: ``while not run.done: run.feed(A(run.query))``; then ``run.result()``.
+
+    Args:
+        v0: start vector (normalised here); its dtype/device are the basis'.
+        top_k: number of largest Ritz values watched by the stopping rule.
+        smallest: also watch the smallest Ritz value.
+        tol: relative tolerance of the stopping rule (0: run ``max_iter`` steps).
+        max_iter: maximum steps (capped at n).
+        min_iter: minimum steps before the rule applies (e.g. SLQ wants exactly m).
+    """
+
+    def __init__(self, v0: torch.Tensor, *, top_k: int = 1, smallest: bool = False,
+                 tol: float = 1e-4, max_iter: int = 100, min_iter: int = 2) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.n = v0.numel()
+        self.top_k, self.smallest, self.tol = top_k, smallest, float(tol)
+        self.max_iter = max(1, min(int(max_iter), self.n))
+        self.min_iter = min(max(1, min_iter), self.max_iter)
+        nrm = torch.linalg.vector_norm(v0)
+        if not torch.isfinite(nrm) or nrm == 0:
+            raise ValueError("the start vector is zero or not finite")
+        cap = min(self.max_iter, 16)
+        self.Q = torch.empty((cap, self.n), dtype=v0.dtype, device=v0.device)
+        self.Q[0] = v0 / nrm
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self.m = 0
+        self.done = False
+        self.converged = False
+        self._prev: torch.Tensor | None = None
+        self._theta = torch.zeros(0, dtype=torch.float64)
+        self._S = torch.zeros(0, 0, dtype=torch.float64)
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+
+    @property
+    def query(self) -> torch.Tensor:
+        """The vector to multiply next (q_{m+1})."""
+        return self.Q[self.m]
+
+    def _watched(self, theta: torch.Tensor) -> torch.Tensor:
+        m = theta.numel()
+        idx = list(range(m - 1, max(m - 1 - self.top_k, -1), -1))
+        if self.smallest and 0 not in idx:
+            idx.append(0)
+        return torch.tensor(idx, dtype=torch.long)
+
+    def feed(self, w: torch.Tensor) -> None:
+        """Give the product A q_{m+1}; advances one step and updates ``done``."""
+        if self.done:
+            raise RuntimeError("this Lanczos run has finished")
+        j = self.m
+        q = self.Q[j]
+        w = w.to(dtype=q.dtype, device=q.device).clone()
+        alpha = float(torch.dot(q.double(), w.double()))
+        w -= alpha * q
+        if j > 0:
+            w -= self.betas[-1] * self.Q[j - 1]
+        basis = self.Q[: j + 1]
+        for _ in range(2):  # full reorthogonalization, classical Gram-Schmidt twice
+            w -= basis.T @ (basis @ w)
+        beta = float(torch.linalg.vector_norm(w.double()))
+        self.alphas.append(alpha)
+        self.m = j + 1
+        T = torch.diag(torch.tensor(self.alphas, dtype=torch.float64))
+        if self.m > 1:
+            off = torch.tensor(self.betas, dtype=torch.float64)
+            T += torch.diag(off, 1) + torch.diag(off, -1)
+        theta, S = torch.linalg.eigh(T)
+        self._theta, self._S = theta, S
+        scale = max(float(theta.abs().max()), 1e-300) if self.m else 1.0
+        # invariant subspace: the Ritz values are exact eigenvalues
+        invariant = beta <= 1e-12 * scale * math.sqrt(self.n) or not math.isfinite(beta)
+        idx = self._watched(theta)
+        cur = theta[idx]
+        res = (beta * S[-1, idx]).abs()
+        ok = False
+        if self._prev is not None and self._prev.numel() == cur.numel() and self.m >= self.min_iter:
+            denom = cur.abs().clamp_min(max(_FLOOR * float(theta.abs().max()), 1e-300))
+            change = ((cur - self._prev).abs() / denom).max()
+            ok = bool(change < self.tol) and bool((res / denom).max() < self.tol)
+        self._prev = cur
+        self._beta = beta
+        if invariant and self.m >= 1:
+            self.converged, self.done = True, True
+        elif ok:
+            self.converged, self.done = True, True
+        elif self.m >= self.max_iter:
+            self.done = True
+        else:
+            self.betas.append(beta)
+            if self.m >= self.Q.shape[0]:  # grow the basis geometrically
+                cap = min(self.max_iter, 2 * self.Q.shape[0])
+                grown = torch.empty((cap, self.n), dtype=self.Q.dtype, device=self.Q.device)
+                grown[: self.m] = self.Q[: self.m]
+                self.Q = grown
+            self.Q[self.m] = w / beta
+        self.seconds = time.perf_counter() - self._t0
+
+    def result(self, vectors: bool = False) -> LanczosResult:
+        """The Ritz values (and optionally vectors) of the current T_m."""
+        theta, S, m = self._theta, self._S, self.m
+        k = min(self.top_k, m)
+        top = torch.arange(m - 1, m - 1 - k, -1)
+        res = (self._beta * S[-1, :]).abs()
+        vecs = vmin = None
+        if vectors:
+            Qm = self.Q[:m]
+            vecs = (S[:, top].T.to(Qm.dtype).to(Qm.device) @ Qm)
+            if self.smallest:
+                vmin = S[:, 0].to(Qm.dtype).to(Qm.device) @ Qm
+        return LanczosResult(
+            eigenvalues=theta[top].clone(),
+            residuals=res[top].clone(),
+            lambda_min=float(theta[0]) if self.smallest else None,
+            lambda_min_residual=float(res[0]) if self.smallest else None,
+            vectors=vecs,
+            vector_min=vmin,
+            ritz_values=theta.clone(),
+            alphas=torch.tensor(self.alphas, dtype=torch.float64),
+            betas=torch.tensor(self.betas[: m - 1], dtype=torch.float64),
+            first_components=S[0, :].clone(),
+            n_iter=m,
+            n_hvps=m,
+            seconds=self.seconds,
+            converged=self.converged,
+        )
+
+
+def lanczos(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    *,
+    top_k: int = 1,
+    smallest: bool = False,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    return_vectors: bool = False,
+    v0: torch.Tensor | None = None,
+) -> LanczosResult:
+    """Top-k (and optionally smallest) eigenvalues of a symmetric operator by Lanczos.
+
+    Args:
+        matvec: v ↦ A v on flat vectors of length ``n``.
+        n: dimension.
+        top_k: number of algebraically largest eigenvalues returned (≥ 1).
+        smallest: also return λ_min (often negative for a Hessian).
+        tol: stop when every watched Ritz value's relative change and relative
+            residual bound |β_m s_{m,i}|/|θ_i| are below ``tol``.
+        max_iter: maximum Lanczos steps (= operator calls), capped at ``n``.
+        seed: seeds the Gaussian start vector (a CPU generator: device-independent).
+        dtype, device: of the Krylov basis (the operator's).
+        return_vectors: also return the Ritz vectors.
+        v0: explicit start vector (overrides ``seed``).
+
+    Returns:
+        A :class:`LanczosResult`.
+    """
+    if v0 is None:
+        v0 = start_vector(n, seed, dtype, device)
+    run = LanczosRun(v0, top_k=top_k, smallest=smallest, tol=tol, max_iter=max_iter)
+    while not run.done:
+        run.feed(matvec(run.query))
+    return run.result(vectors=return_vectors)
