@@ -1,0 +1,215 @@
+"""The empirical NTK against explicit Jacobian products in float64."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from geomkit.errors import BlockError, SpecError
+from geomkit.geometry.blocks import resolve_blocks
+from geomkit.geometry.ntk import NTKResult, ntk, ntk_at_init
+from tests.cases import CASE_NAMES, make_case
+
+N = 6
+
+
+def dense_jacobian(model: nn.Module, x: torch.Tensor, bn: str, names=None) -> torch.Tensor:
+    """J[i, c, p] = ∂f_c(x_i)/∂θ_p of the batched forward (TE-NAS style for bn='train')."""
+    m = copy.deepcopy(model)
+    m.train() if bn == "train" else m.eval()
+    named = dict(m.named_parameters())
+    names = list(named) if names is None else names
+    primals = tuple(named[n].detach() for n in names)
+
+    def f(*p):
+        return functional_call(m, dict(zip(names, p)), (x,))
+
+    jac = torch.autograd.functional.jacobian(f, primals)
+    return torch.cat([j.reshape(*j.shape[:2], -1) for j in jac], dim=-1)
+
+
+def dense_kernel(jac: torch.Tensor, mode: str) -> np.ndarray:
+    n, c, p = jac.shape
+    if mode == "sum":
+        g = jac.sum(1)
+    elif mode == "trace":
+        g = jac.reshape(n, c * p)
+    else:
+        g = jac.reshape(n * c, p)
+    return (g @ g.T).numpy()
+
+
+def assert_kernel_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-10) -> None:
+    assert got.shape == want.shape
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < rtol, f"max relative error {err:.2e}"
+
+
+def _params_unchanged(before: dict, model: nn.Module) -> bool:
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "name,bn",
+    [(c, "eval") for c in CASE_NAMES] + [("cnn_bn", "train")],
+)
+def test_every_mode_matches_explicit_jacobian(name, bn):
+    case = make_case(name, n=N)
+    jac = dense_jacobian(case.model, case.inputs, bn)
+    before = {k: v.clone() for k, v in case.model.state_dict().items()}
+    for mode in ("sum", "trace", "full"):
+        res = ntk(case.model, case.inputs, mode=mode, bn=bn)
+        want = dense_kernel(jac, mode)
+        assert_kernel_close(res.kernel, want)
+        ev = np.linalg.eigvalsh(want)
+        np.testing.assert_allclose(res.eigenvalues, ev, rtol=1e-8, atol=1e-10 * ev[-1])
+        assert res.kernel.dtype == np.float64 and res.eigenvalues.dtype == np.float64
+        assert res.mode == mode and res.bn == bn and res.n_samples == N and res.n_outputs == 3
+        assert res.n_params == jac.shape[-1]
+        assert res.method == ("batch-jacobian" if bn == "train" else "per-sample")
+        assert res.lambda_max == pytest.approx(ev[-1], rel=1e-8)
+        assert res.kappa == pytest.approx(ev[-1] / ev[0], rel=1e-6)
+    assert _params_unchanged(before, case.model)
+    assert not case.model.training
+
+
+def test_batchnorm_train_uses_batch_statistics_and_leaves_model_alone():
+    case = make_case("cnn_bn", n=N)
+    model = case.model
+    model.train()  # flags must come back exactly as they were, buffers untouched
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = ntk(model, case.inputs, bn="train")
+    ev = ntk(model, case.inputs, bn="eval")
+    assert not np.allclose(tr.kernel, ev.kernel)
+    assert_kernel_close(ev.kernel, dense_kernel(dense_jacobian(model, case.inputs, "eval"), "sum"))
+    assert _params_unchanged(before, model)
+    assert all(m.training for m in model.modules())
+    assert model[1].track_running_stats
+
+
+@pytest.mark.parametrize("name,bn", [("vit1", "eval"), ("cnn_bn", "train")])
+@pytest.mark.parametrize("mode", ["sum", "full"])
+def test_chunking_and_batching_do_not_change_the_kernel(name, bn, mode):
+    case = make_case(name, n=N)
+    ref = ntk(case.model, case.inputs, mode=mode, bn=bn)
+    assert ref.n_chunks == 1
+    # every tensor its own chunk; a few tensors per chunk with small row batches
+    few = {"vit1": (120, 4), "cnn_bn": (40, 5)}[name]
+    for chunk_size, batch_size in [(1, None), few]:
+        res = ntk(case.model, case.inputs, mode=mode, bn=bn, chunk_size=chunk_size,
+                  batch_size=batch_size)
+        assert res.n_chunks > 1
+        assert_kernel_close(res.kernel, ref.kernel, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_model_closed_form(bias):
+    # f(x) = W x (+ b): sum mode Θ = C (X Xᵀ + 1[bias]), trace the same, full (XXᵀ + 1) ⊗ I_C
+    c, s = 4, torch.tensor([1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
+    x = torch.diag(s)
+    model = nn.Linear(4, c, bias=bias).double()
+    gram = x @ x.T + (1.0 if bias else 0.0)
+    res = ntk(model, x, mode="sum")
+    np.testing.assert_allclose(res.kernel, c * gram.numpy(), rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(ntk(model, x, mode="trace").kernel, c * gram.numpy(), rtol=1e-14)
+    full = ntk(model, x, mode="full")
+    np.testing.assert_allclose(full.kernel, np.kron(gram.numpy(), np.eye(c)), atol=1e-13)
+    if not bias:  # Θ = C diag(s²): κ = (5/1)² exactly
+        assert res.kappa == 25.0
+        assert res.lambda_max == c * 25.0 and res.lambda_min == c * 1.0
+    else:
+        ev = np.linalg.eigvalsh(c * gram.numpy())
+        assert res.kappa == pytest.approx(ev[-1] / ev[0], rel=1e-12)
+
+
+def test_singular_kernel_gives_inf_with_warning():
+    x = torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64))  # a zero input
+    model = nn.Linear(3, 2, bias=False).double()
+    with pytest.warns(RuntimeWarning, match="kappa set to inf"):
+        res = ntk(model, x)
+    assert res.kappa == math.inf and res.lambda_min == 0.0 and res.lambda_max == 8.0
+
+
+def test_non_finite_kernel_gives_inf_with_warning():
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x[1, 2] = float("nan")  # ∂f/∂W = x: a NaN gradient
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        res = ntk(model, x)
+    assert res.kappa == math.inf and math.isnan(res.lambda_max)
+    assert np.isnan(res.eigenvalues).all()
+
+
+def test_parameter_block_is_the_jacobian_of_that_block_only():
+    case = make_case("vit1", n=N)
+    names = resolve_blocks(case.model, ["attn"])["attn"]
+    res = ntk(case.model, case.inputs, params=names, bn="eval")
+    want = dense_kernel(dense_jacobian(case.model, case.inputs, "eval", names), "sum")
+    assert_kernel_close(res.kernel, want)
+    assert res.n_params == sum(dict(case.model.named_parameters())[n].numel() for n in names)
+
+
+def test_bad_arguments_raise_user_errors():
+    case = make_case("mlp", n=N)
+    with pytest.raises(BlockError, match="unknown parameter"):
+        ntk(case.model, case.inputs, params=["nope.weight"])
+    with pytest.raises(BlockError, match="empty"):
+        ntk(case.model, case.inputs, params=[])
+    with pytest.raises(SpecError, match="mode"):
+        ntk(case.model, case.inputs, mode="diag")
+    with pytest.raises(SpecError, match="BatchNorm"):
+        ntk(case.model, case.inputs, bn="frozen")
+    with pytest.raises(SpecError, match="chunk_size"):
+        ntk(case.model, case.inputs, chunk_size=0)
+
+
+def test_model_modes_restored_on_error():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+            self.bn = nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    model = Boom().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        ntk(model, torch.randn(4, 3))
+    assert all(m.training for m in model.modules()) and model.bn.track_running_stats
+
+
+def test_dtype_option_computes_in_float64_without_casting_the_model():
+    case = make_case("mlp", n=N)
+    model32 = copy.deepcopy(case.model).float()
+    res = ntk(model32, case.inputs.float(), dtype=torch.float64, bn="eval")
+    assert next(model32.parameters()).dtype == torch.float32
+    m64 = copy.deepcopy(model32).double()
+    want = dense_kernel(dense_jacobian(m64, case.inputs.float().double(), "eval"), "sum")
+    assert_kernel_close(res.kernel, want)
+
+
+def test_ntk_at_init_mean_and_std_over_seeds():
+    x = make_case("mlp", n=N).inputs
+
+    def factory(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3)).double()
+
+    res = ntk_at_init(factory, x, repeats=3, seed=5, bn="eval")
+    assert res.seeds == (5, 6, 7) and res.repeats == 3
+    kappas = [ntk(factory(s), x, bn="eval").kappa for s in (5, 6, 7)]
+    assert [r.kappa for r in res.results] == pytest.approx(kappas, rel=1e-12)
+    assert res.kappa == pytest.approx(np.mean(kappas), rel=1e-12)
+    assert res.kappa_std == pytest.approx(np.std(kappas, ddof=1), rel=1e-10)
+    assert len(set(kappas)) == 3
+    assert ntk_at_init(factory, x, repeats=1, seed=5, bn="eval").kappa_std == 0.0
+    assert isinstance(res.results[0], NTKResult)
+    with pytest.raises(SpecError):
+        ntk_at_init(factory, x, repeats=0)
