@@ -1,0 +1,141 @@
+"""Clean and corrupted accuracy: against a direct loop, invariances, model left unchanged."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from geomkit.checkpoint import load_checkpoint, save_checkpoint
+from geomkit.data import CORRUPTIONS, DataSpec, corrupt_normalized, load_split
+from geomkit.errors import DataError, SpecError
+from geomkit.geometry import robustness as rob
+from geomkit.models import build
+
+SPEC = DataSpec(source="digits")
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = load_split(SPEC, "test")
+    return x[:120], y[:120]
+
+
+def _model():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.Linear(32, 10))
+
+
+def _direct(model, x, y, seed, names, sevs, chunk):
+    """Accuracy by a plain loop: corrupt each chunk with its own generator, classify."""
+    from geomkit.data.sources import raw_data
+
+    raw = raw_data(SPEC)
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        out["clean"] = float((model(x).argmax(1) == y).double().mean())
+        for c in names:
+            for s in sevs:
+                hits = 0
+                for k in range(0, len(x), chunk):
+                    g = rob._chunk_generator(seed, c, s, k // chunk)
+                    xc = corrupt_normalized(x[k : k + chunk], c, s, (raw.mean, raw.std), g)
+                    hits += int((model(xc).argmax(1) == y[k : k + chunk]).sum())
+                out[(c, s)] = hits / len(x)
+    return out
+
+
+def test_matches_direct_loop_and_aggregates(data, monkeypatch):
+    monkeypatch.setattr(rob, "CHUNK", 50)  # three chunks, the last one short
+    x, y = data
+    m = _model()
+    r = rob.robustness(m, x, y, normalization=SPEC, seed=4, batch_size=32)
+    ref = _direct(m, x, y, 4, CORRUPTIONS, range(1, 6), 50)
+    assert r.clean == pytest.approx(ref["clean"])
+    assert set(r.accuracy) == set(CORRUPTIONS) and r.severities == (1, 2, 3, 4, 5)
+    for c in CORRUPTIONS:
+        assert r.accuracy[c] == pytest.approx([ref[(c, s)] for s in range(1, 6)])
+        assert r.per_corruption[c] == pytest.approx(np.mean(r.accuracy[c]))
+    assert r.mean_corrupted == pytest.approx(np.mean([ref[k] for k in ref if k != "clean"]))
+    assert r.n_samples == 120 and r.seed == 4
+
+
+def test_invariant_to_batch_size_and_corruption_subset(data, monkeypatch):
+    monkeypatch.setattr(rob, "CHUNK", 40)
+    x, y = data
+    m = _model()
+    names = ("gaussian_noise", "shot_noise", "impulse_noise", "jpeg")
+    a = rob.robustness(m, x, y, normalization=SPEC, corruptions=names, batch_size=7)
+    b = rob.robustness(m, x, y, normalization=SPEC, corruptions=names, batch_size=None)
+    c = rob.robustness(m, x, y, normalization=SPEC, corruptions=("shot_noise",), severities=(3,))
+    assert a.accuracy == b.accuracy and a.clean == b.clean
+    assert c.accuracy["shot_noise"] == (a.accuracy["shot_noise"][2],)
+    # deterministic: the same call twice gives the same numbers
+    again = rob.robustness(m, x, y, normalization=SPEC, corruptions=names, batch_size=7)
+    assert again.accuracy == a.accuracy
+
+
+def test_eval_mode_and_model_left_unchanged(data):
+    x, y = data
+    m = _model().train()
+    bn = m[2]
+    bn.running_mean.fill_(0.3)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    r = rob.robustness(m, x, y, normalization=SPEC, corruptions=("contrast",), severities=(1,))
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm statistics not updated: eval mode
+    m.eval()
+    with torch.no_grad():
+        assert r.clean == pytest.approx(float((m(x).argmax(1) == y).double().mean()))
+
+
+def test_unnormalized_inputs_and_float64():
+    torch.manual_seed(0)
+    x = torch.rand(30, 1, 4, 4)
+    y = torch.randint(0, 3, (30,))
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    r32 = rob.robustness(m, x, y, corruptions=("gaussian_noise", "jpeg"))
+    r64 = rob.robustness(m, x, y, corruptions=("gaussian_noise", "jpeg"), dtype=torch.float64)
+    assert next(m.parameters()).dtype == torch.float32  # the model itself is not cast
+    assert 0.0 <= r32.mean_corrupted <= 1.0 and r64.n_samples == 30
+    with pytest.raises(DataError, match="un-normalized"):
+        rob.robustness(m, x * 5 - 2, y)  # normalized inputs without their constants
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"severities": (0,)}, SpecError),
+        ({"severities": (6,)}, SpecError),
+        ({"corruptions": ("fog",)}, DataError),
+        ({"corruptions": ()}, SpecError),
+        ({"batch_size": 0}, SpecError),
+    ],
+)
+def test_bad_options(kwargs, err):
+    x, y = torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(err):
+        rob.robustness(m, x, y, **kwargs)
+
+
+def test_mismatched_or_empty_data():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(DataError):
+        rob.robustness(m, torch.rand(4, 1, 4, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(DataError):
+        rob.robustness(m, torch.rand(0, 1, 4, 4), torch.zeros(0, dtype=torch.long))
+
+
+def test_checkpoint_robustness_uses_test_split(tmp_path):
+    torch.manual_seed(1)
+    model = build("mixer-tiny", image_size=8, in_chans=1, num_classes=10, depth=1)
+    path = save_checkpoint(tmp_path / "m.pt", model, config={"optimizer": "adamw"}, data_spec=SPEC)
+    ck = load_checkpoint(path)
+    r = rob.checkpoint_robustness(ck, n=40, corruptions=("pixelate",), severities=(2,))
+    x, y = load_split(SPEC, "test")
+    ref = rob.robustness(ck.model, x[:40], y[:40], normalization=SPEC,
+                         corruptions=("pixelate",), severities=(2,))
+    assert r.n_samples == 40 and r.accuracy == ref.accuracy and r.clean == ref.clean
