@@ -19,12 +19,12 @@ def provenance() -> dict[str, Any]:
 
     return {
         "geomkit_version": __version__,
-        "torch_version": torch.__version__,
-        "numpy_version": numpy.__version__,
+        "torch_version": str(torch.__version__),
+        "numpy_version": str(numpy.__version__),
         "python_version": platform.python_version(),
         "host": socket.gethostname(),
         "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cuda": torch.version.cuda or "",
+        "cuda": str(torch.version.cuda or ""),
     }
 
 

@@ -1,0 +1,240 @@
+"""The training loop: vanilla (SGD+momentum, AdamW) or SAM/ASAM, one process or DDP.
+
+Determinism: the model is initialised from ``seed``; epoch ``e`` shuffles with a
+generator seeded ``seed * 1000 + e`` and augments with its own generator seeded the
+same way, so a CPU run is repeatable and resuming from ``last.pt`` (saved after every
+epoch) continues the run exactly: same step, same schedule, same optimizer state.
+
+Under ``torchrun`` (DDP, gloo on CPU / nccl on GPU) each rank takes an equal slice of
+every global mini-batch; gradients are all-reduced by DDP. With SAM each worker
+computes its perturbation from its *local* gradient (the paper's m-sharpness), and
+the gradient at the perturbed point is all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from geomkit import distributed
+from geomkit.checkpoint import load_checkpoint, save_checkpoint
+from geomkit.data import DataSpec, augment_batch, info, load_split
+from geomkit.errors import CheckpointError
+from geomkit.models import build, family
+from geomkit.train.config import TrainConfig
+from geomkit.train.sam import SAM, sam_step
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`: where the checkpoint is and the final metrics."""
+
+    checkpoint: Path
+    test_acc: float
+    test_loss: float
+    train_loss: float
+    epochs: int
+    steps: int
+    seconds: float
+    samples_per_second: float
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when present (this rank's GPU under torchrun), else CPU."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            import os
+
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for but CUDA is not available")
+    return dev
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine/linear decay to 0 (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t = (step - warmup) / max(1, total - warmup)
+    t = min(max(t, 0.0), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Base optimizer (or SAM around it); no weight decay on 1-D params (norms, biases)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.base_optimizer == "sgd":
+        base, kw = torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum}
+    else:
+        base, kw = torch.optim.AdamW, {"lr": cfg.lr}
+    if cfg.is_sam:
+        return SAM(groups, base, rho=cfg.rho, adaptive=cfg.optimizer == "asam", **kw)
+    return base(groups, **kw)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 512
+) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) on ``(x, y)``."""
+    was = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    try:
+        for s in range(0, len(x), batch_size):
+            xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
+            out = model(xb).float()
+            loss += F.cross_entropy(out, yb, reduction="sum").item()
+            correct += (out.argmax(1) == yb).sum().item()
+    finally:
+        model.train(was)
+    return loss / len(x), correct / len(x)
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` and write ``out_dir/last.pt`` after every epoch.
+
+    With ``resume=True`` and an existing ``out_dir/last.pt`` the run continues from it
+    (its stored configuration wins over ``cfg``); a finished run returns immediately.
+    """
+    out_dir = Path(out_dir)
+    last = out_dir / "last.pt"
+    start_epoch, opt_state = 0, None
+    prior_metrics: dict[str, Any] = {}
+    if resume and last.exists():
+        ck = load_checkpoint(last)
+        cfg = TrainConfig.from_dict(ck.config)
+        start_epoch, opt_state, prior_metrics = ck.epoch, ck.optimizer_state, ck.metrics
+    device = resolve_device(cfg.device)
+    ddp = distributed.init(device)
+    spec = DataSpec.from_dict(cfg.data)
+    dinfo = info(spec)
+    kwargs = {"image_size": dinfo.image_size, "in_chans": dinfo.in_chans,
+              "num_classes": dinfo.num_classes, **cfg.model_kwargs}
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.model, **kwargs)
+    cfg = cfg.resolved(family(model))
+    if start_epoch:
+        model.load_state_dict(ck.model.state_dict())
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    net: nn.Module = model
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    x_train, y_train = load_split(spec, "train")
+    x_test, y_test = load_split(spec.replace(augment=False), "test")
+    n = len(x_train)
+    world, rank = distributed.world_size(), distributed.rank()
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    if opt_state is not None:  # stored lrs are scheduled ones: recover the peak from cfg
+        base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
+           else nullcontext())
+    history: list[dict[str, Any]] = list(prior_metrics.get("history", []))
+    step = start_epoch * steps_per_epoch
+    t0 = time.perf_counter()
+    seen = 0
+    train_loss = prior_metrics.get("train_loss", math.nan)
+    test_loss, test_acc = prior_metrics.get("test_loss", math.nan), prior_metrics.get("test_acc", math.nan)
+    best = prior_metrics.get("best_test_acc", -1.0)
+    bar = tqdm(total=total, initial=step, disable=not progress or not distributed.is_main(),
+               desc=f"{cfg.model}/{cfg.label}", unit="step", leave=False)
+
+    def loss_fn(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with amp:
+            out = net(xb)
+        return F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            perm = torch.randperm(n, generator=g)
+            ga = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 7919)
+            run_loss, run_n = 0.0, 0
+            for b in range(steps_per_epoch):
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx = idx[distributed.shard_range(len(idx), rank, world)]
+                xb = x_train[idx]
+                if spec.augment:
+                    xb = augment_batch(xb, spec, ga)
+                xb, yb = xb.to(device), y_train[idx].to(device)
+                f = lr_factor(step, total, warmup, cfg.schedule)
+                for grp, lr0 in zip(optimizer.param_groups, base_lrs):
+                    grp["lr"] = lr0 * f
+                if cfg.is_sam:
+                    loss = sam_step(net, optimizer, lambda: loss_fn(xb, yb), max_grad_norm=cfg.grad_clip)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(xb, yb)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged at step {step} (loss {loss.item()}); lower --lr"
+                    )
+                run_loss += loss.item() * len(idx)
+                run_n += len(idx)
+                seen += len(idx) * world
+                step += 1
+                bar.update(1)
+            train_loss = run_loss / max(run_n, 1)
+            test_loss, test_acc = evaluate(model, x_test, y_test, device)
+            history.append({"epoch": epoch + 1, "train_loss": train_loss,
+                            "test_loss": test_loss, "test_acc": test_acc, "lr": f * cfg.lr})
+            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
+            elapsed = prior_metrics.get("train_seconds", 0.0) + time.perf_counter() - t0
+            metrics = {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
+                       "history": history, "train_seconds": elapsed,
+                       "samples_per_second": seen / max(time.perf_counter() - t0, 1e-9),
+                       "best_test_acc": max(best, test_acc), "world_size": world}
+            if distributed.is_main():
+                kw = dict(config=cfg.to_dict() | {"model_kwargs": kwargs}, data_spec=spec,
+                          optimizer=optimizer, step=step, epoch=epoch + 1, metrics=metrics)
+                save_checkpoint(last, model, **kw)
+                if cfg.save_best and test_acc > best:
+                    save_checkpoint(out_dir / "best.pt", model, **kw)
+            best = max(best, test_acc)
+            distributed.barrier()
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return TrainResult(
+        checkpoint=last, test_acc=test_acc, test_loss=test_loss, train_loss=train_loss,
+        epochs=cfg.epochs, steps=step, seconds=seconds,
+        samples_per_second=seen / seconds if seen else math.nan,
+    )
