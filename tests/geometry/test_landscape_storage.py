@@ -104,7 +104,7 @@ def test_resume_never_recomputes_a_finished_point(tmp_path):
     calls, h = _count_forwards(case.model)
     try:  # resumed without --resume: the same command continues the file
         res = compute_landscape(path, case.model, case.inputs, case.targets, lambda: 1 / 0, GRID,
-                                spec=SPEC)
+                                spec=SPEC, batch_size=16)
     finally:
         h.remove()
     assert len(calls) == GRID.size - 7  # one batch per point, only the missing points

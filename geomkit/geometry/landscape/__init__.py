@@ -25,7 +25,15 @@ from .directions import (
     random_direction,
     random_directions,
 )
-from .evaluate import DEFAULT_BATCH_SIZE, Grid, Landscape, evaluate, evaluate_points, loss_landscape
+from .evaluate import (
+    DEFAULT_BATCH_SIZE,
+    Grid,
+    Landscape,
+    auto_batch_size,
+    evaluate,
+    evaluate_points,
+    loss_landscape,
+)
 from .run import DIRECTION_KINDS, hessian_available, landscape_from_checkpoint
 from .storage import (
     compute_landscape,
@@ -45,6 +53,7 @@ __all__ = [
     "IGNORES",
     "Landscape",
     "NORMS",
+    "auto_batch_size",
     "compute_landscape",
     "cosine",
     "evaluate",

@@ -35,9 +35,14 @@ from geomkit.geometry._batches import iter_batches
 
 from .directions import Direction
 
-#: analysis mini-batch used when ``batch_size`` is None (fastest measured on CPU for
-#: the tiny reference models; memory stays small).
-DEFAULT_BATCH_SIZE = 1024
+#: ``batch_size=None`` picks the power of two in [MIN_AUTO_BATCH, MAX_AUTO_BATCH]
+#: whose activations (all leaf-module outputs of one forward) come nearest to
+#: ACTIVATION_BUDGET elements: on CPU the ViT/Mixer (~50k activations per 8x8 digit)
+#: are fastest at 256 and the ResNet (~16k) at 1024, both about this budget.
+ACTIVATION_BUDGET = 1 << 24
+MIN_AUTO_BATCH = 32
+MAX_AUTO_BATCH = 1024
+DEFAULT_BATCH_SIZE = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,43 @@ class Landscape:
         return float(self.loss[i, j])
 
 
-def _prepare_batches(inputs, targets, batch_size, device, dtype):
-    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+def activations_per_example(model: nn.Module, example: torch.Tensor) -> int:
+    """Number of elements output by the leaf modules for one example (one forward)."""
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        if torch.is_tensor(out):
+            total += out.numel()
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.inference_mode():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def auto_batch_size(
+    model: nn.Module, inputs: torch.Tensor, *, device=None, dtype: torch.dtype | None = None
+) -> int:
+    """Deterministic evaluation batch size (see :data:`ACTIVATION_BUDGET`).
+
+    ``B = 2^round(log2(budget / activations_per_example))`` clamped to
+    ``[MIN_AUTO_BATCH, MAX_AUTO_BATCH]`` and to N.  Being a function of the
+    architecture and input shape only, a resumed run uses the same batches.
+    """
+    example = inputs[:1].to(device=device, dtype=dtype or inputs.dtype)
+    act = activations_per_example(model, example)
+    bs = MAX_AUTO_BATCH if act <= 0 else 1 << max(0, round(math.log2(ACTIVATION_BUDGET / act)))
+    return int(max(1, min(len(inputs), max(MIN_AUTO_BATCH, min(MAX_AUTO_BATCH, bs)))))
+
+
+def _prepare_batches(model, inputs, targets, batch_size, device, dtype):
+    bs = auto_batch_size(model, inputs, device=device, dtype=dtype) if batch_size is None else int(batch_size)
     return list(iter_batches(inputs, targets, bs, device=device, dtype=dtype, shard=False))
 
 
@@ -193,10 +233,11 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (percent) of the unperturbed model, in eval mode.
 
-    With the same ``batch_size`` this is bit-identical to the center of a grid.
+    With the same ``batch_size`` (None: :func:`auto_batch_size`, as the grid) this is
+    bit-identical to the center of a grid.
     """
     with _ModelState(model, device, dtype) as st:
-        batches = _prepare_batches(inputs, targets, batch_size, st.target_device, dtype)
+        batches = _prepare_batches(model, inputs, targets, batch_size, st.target_device, dtype)
         with torch.inference_mode():
             return _loss_acc(model, batches, len(inputs))
 
@@ -284,7 +325,7 @@ def evaluate_points(
 
         bar = tqdm(total=n_pts, unit="pt", desc="landscape", dynamic_ncols=True)
     with _ModelState(model, device, dtype) as st:
-        batches = _prepare_batches(inputs, targets, batch_size, st.target_device, dtype)
+        batches = _prepare_batches(model, inputs, targets, batch_size, st.target_device, dtype)
         n = len(inputs)
         pert = _Perturber(model, directions)
         try:
