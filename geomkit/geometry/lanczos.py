@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.linalg
 import torch
 
 __all__ = ["LanczosResult", "LanczosRun", "lanczos", "start_vector"]
@@ -89,6 +91,15 @@ class LanczosResult:
     @property
     def lambda_max(self) -> float:
         return float(self.eigenvalues[0])
+
+
+def _tridiag_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of the symmetric tridiagonal T (float64, LAPACK stemr), ascending."""
+    d = np.asarray(alphas, dtype=np.float64)
+    if d.size == 1:
+        return torch.from_numpy(d.copy()), torch.ones(1, 1, dtype=torch.float64)
+    w, v = scipy.linalg.eigh_tridiagonal(d, np.asarray(betas[: d.size - 1], dtype=np.float64))
+    return torch.from_numpy(w), torch.from_numpy(v)
 
 
 def start_vector(n: int, seed: int, dtype: torch.dtype, device: torch.device | str | None = None,
@@ -148,6 +159,8 @@ class LanczosRun:
     @property
     def query(self) -> torch.Tensor:
         """The vector to multiply next (q_{m+1})."""
+        if self.done:
+            raise RuntimeError("this Lanczos run has finished")
         return self.Q[self.m]
 
     def _watched(self, theta: torch.Tensor) -> torch.Tensor:
@@ -174,11 +187,7 @@ class LanczosRun:
         beta = float(torch.linalg.vector_norm(w.double()))
         self.alphas.append(alpha)
         self.m = j + 1
-        T = torch.diag(torch.tensor(self.alphas, dtype=torch.float64))
-        if self.m > 1:
-            off = torch.tensor(self.betas, dtype=torch.float64)
-            T += torch.diag(off, 1) + torch.diag(off, -1)
-        theta, S = torch.linalg.eigh(T)
+        theta, S = _tridiag_eigh(self.alphas, self.betas)
         self._theta, self._S = theta, S
         scale = max(float(theta.abs().max()), 1e-300) if self.m else 1.0
         # invariant subspace: the Ritz values are exact eigenvalues

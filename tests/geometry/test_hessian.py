@@ -1,0 +1,133 @@
+"""hessian_eigs: per-block λ_max, top-3 and λ_min against dense float64 eigvalsh."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from geomkit.errors import BlockError, SpecError
+from geomkit.geometry.hessian import hessian_eigs, lambda_max
+from tests.cases import CASE_NAMES, make_case
+from tests.geometry._hessian_oracle import cached_block_hessians, dense_hessian
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny float64 models: intra-op threads only add contention on a shared 2-core box
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _rel(a, b, scale):
+    return abs(a - b) / max(abs(b), scale)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_every_paper_block_matches_dense_eigvalsh(name):
+    case = make_case(name, n=10)
+    before = copy.deepcopy(case.model.state_dict())
+    r = hessian_eigs(case.model, case.inputs, case.targets, blocks=("paper",), top_k=3,
+                     smallest=True, tol=1e-10, max_iter=400, return_vectors=True)
+    dense = cached_block_hessians(name, 10)
+    assert list(r.blocks) == list(dense)
+    for b, H in dense.items():
+        ev = torch.linalg.eigvalsh(H)
+        e = r.blocks[b]
+        scale = float(ev.abs().max())
+        assert e.n_params == H.shape[0] and e.converged
+        assert _rel(e.lambda_max, float(ev[-1]), 1e-12) < 1e-6, (b, e.lambda_max, ev[-1])
+        for got, want in zip(e.eigenvalues, ev.flip(0)[:3].tolist()):
+            assert _rel(got, want, 1e-3 * scale) < 1e-6, (b, got, want)
+        # λ_min is often ~0 or negative: relative to its size, floored at 1e-3 λ-scale
+        assert _rel(e.lambda_min, float(ev[0]), 1e-3 * scale) < 1e-6, (b, e.lambda_min, ev[0])
+        y = e.vectors[0]
+        assert float((H @ y - e.lambda_max * y).norm()) < 1e-6 * scale
+        assert e.n_hvps <= H.shape[0] + 1
+    assert all(torch.equal(t, before[k]) for k, t in case.model.state_dict().items())
+
+
+def test_lockstep_equals_sequential_and_is_bitwise_repeatable():
+    case = make_case("vit1", n=10)
+    kw = dict(blocks=("paper",), top_k=2, tol=1e-8, strategy="stream", batch_size=4)
+    a = hessian_eigs(case.model, case.inputs, case.targets, schedule="lockstep", **kw)
+    b = hessian_eigs(case.model, case.inputs, case.targets, schedule="sequential", **kw)
+    c = hessian_eigs(case.model, case.inputs, case.targets, schedule="lockstep", **kw)
+    for k in a.blocks:
+        assert abs(a.blocks[k].lambda_max - b.blocks[k].lambda_max) <= 1e-9 * abs(
+            a.blocks[k].lambda_max)
+        assert a.blocks[k].eigenvalues == c.blocks[k].eigenvalues  # bitwise
+        assert a.blocks[k].n_hvps == c.blocks[k].n_hvps
+    assert a.schedule == "lockstep" and b.schedule == "sequential" and a.strategy == "stream"
+
+
+def test_float32_model_mode_restored_and_result_fields():
+    case = make_case("cnn_bn", n=10)
+    m = copy.deepcopy(case.model).float().train()
+    r = lambda_max(m, case.inputs.float(), case.targets, blocks="whole", tol=1e-5)
+    assert m.training and all(mod.training for mod in m.modules())
+    H = dense_hessian(case.model, list(r.params["whole"]), case.inputs, case.targets)
+    want = float(torch.linalg.eigvalsh(H)[-1])
+    e = r.blocks["whole"]
+    assert abs(e.lambda_max - want) / want < 1e-3
+    assert e.residual == e.residuals[0] and e.lambda_min is None and e.vectors is None
+    assert r.dtype == "float32" and r.bn == "eval" and r.n_samples == 10 and r.seconds > 0
+    assert r.settings()["top_k"] == 1
+
+
+def test_bn_train_option_changes_the_answer_but_not_the_model():
+    case = make_case("cnn_bn", n=10)
+    before = copy.deepcopy(case.model.state_dict())
+    ev = hessian_eigs(case.model, case.inputs, case.targets, tol=1e-8)
+    tr = hessian_eigs(case.model, case.inputs, case.targets, tol=1e-8, bn="train")
+    assert tr.bn == "train"
+    assert abs(ev.blocks["whole"].lambda_max - tr.blocks["whole"].lambda_max) > 1e-3
+    assert all(torch.equal(t, before[k]) for k, t in case.model.state_dict().items())
+
+
+def test_errors():
+    case = make_case("mlp")
+    with pytest.raises(BlockError, match="valid"):
+        hessian_eigs(case.model, case.inputs, case.targets, blocks=("attn",))
+    with pytest.raises(SpecError):
+        hessian_eigs(case.model, case.inputs, case.targets, top_k=0)
+    with pytest.raises(SpecError):
+        hessian_eigs(case.model, case.inputs, case.targets, schedule="parallel")
+    with pytest.raises(SpecError):
+        hessian_eigs(case.model, case.inputs[:0], case.targets[:0])
+
+
+def _trained_mlp():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    m = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    m.zero_grad(set_to_none=True)
+    return m, x, y
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
+def test_pyhessian_cross_check_on_trained_model():
+    pyhessian = pytest.importorskip("pyhessian")
+    m, x, y = _trained_mlp()
+    ours = hessian_eigs(m, x, y, tol=1e-10).blocks["whole"].lambda_max
+    # shim: PyHessian draws float32 vectors with torch.randn; run it with float64 defaults,
+    # on a copy (it leaves graph-carrying .grad on the parameters)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        h = pyhessian.hessian(copy.deepcopy(m), nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+        theirs = h.eigenvalues(maxIter=2000, tol=1e-9, top_n=1)[0][0]
+    finally:
+        torch.set_default_dtype(old)
+    assert ours > 0
+    assert abs(ours - theirs) / abs(ours) < 1e-3, (ours, theirs)

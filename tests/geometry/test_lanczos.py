@@ -1,0 +1,110 @@
+"""Lanczos on explicit symmetric matrices with known spectra."""
+
+import pytest
+import torch
+
+from geomkit.geometry.lanczos import LanczosRun, lanczos, start_vector
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny float64 models: intra-op threads only add contention on a shared 2-core box
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sym(n, seed=0, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return (A + A.T) / 2 + shift * torch.eye(n, dtype=torch.float64)
+
+
+def test_algebraically_largest_not_largest_magnitude():
+    # like a ViT at initialization: |λ_min| > λ_max
+    d = torch.tensor([-196.7, -3.0, -1.0, 0.0, 2.0, 50.0, 166.5], dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(7, 7, dtype=torch.float64))
+    A = Q @ torch.diag(d) @ Q.T
+    r = lanczos(lambda v: A @ v, 7, smallest=True, tol=1e-10)
+    assert abs(r.lambda_max - 166.5) < 1e-8
+    assert abs(r.lambda_min + 196.7) < 1e-8
+
+
+def test_top_k_smallest_and_vectors_match_eigh():
+    A = _sym(80, seed=1)
+    ev = torch.linalg.eigvalsh(A)
+    r = lanczos(lambda v: A @ v, 80, top_k=3, smallest=True, tol=1e-10, max_iter=80,
+                return_vectors=True)
+    assert r.converged
+    torch.testing.assert_close(r.eigenvalues, ev.flip(0)[:3], rtol=1e-8, atol=0)
+    assert abs(r.lambda_min - float(ev[0])) < 1e-8 * float(ev.abs().max())
+    for lam, y in zip(r.eigenvalues, r.vectors):
+        assert abs(float(y.norm()) - 1) < 1e-10
+        assert float((A @ y - lam * y).norm()) < 1e-6
+    assert float((A @ r.vector_min - r.lambda_min * r.vector_min).norm()) < 1e-6
+
+
+def test_residual_bound_bounds_error_and_flags_non_convergence():
+    A = _sym(200, seed=2)
+    ev = torch.linalg.eigvalsh(A)
+    r = lanczos(lambda v: A @ v, 200, max_iter=8, tol=1e-12)
+    assert not r.converged and r.n_hvps == 8
+    # some eigenvalue lies within the residual bound of the Ritz value
+    assert float((ev - r.lambda_max).abs().min()) <= float(r.residuals[0]) + 1e-12
+    # the residual bound equals the true Ritz residual norm
+    r = lanczos(lambda v: A @ v, 200, max_iter=8, tol=1e-12, return_vectors=True)
+    y = r.vectors[0]
+    assert abs(float((A @ y - r.lambda_max * y).norm()) - float(r.residuals[0])) < 1e-8
+
+
+def test_stops_on_tolerance_with_small_error():
+    A = torch.diag(torch.linspace(-1, 1, 300, dtype=torch.float64)) + 0
+    A[0, 0] = 10.0  # a well-separated top eigenvalue
+    r = lanczos(lambda v: A @ v, 300, tol=1e-6, max_iter=300)
+    assert r.converged and r.n_hvps < 30
+    assert abs(r.lambda_max - 10) / 10 < 1e-6
+
+
+def test_invariant_subspace_is_exact_and_stops_early():
+    u = torch.randn(50, 2, dtype=torch.float64)
+    A = u @ torch.diag(torch.tensor([3.0, -1.0], dtype=torch.float64)) @ u.T  # rank 2
+    r = lanczos(lambda v: A @ v, 50, smallest=True, tol=1e-14)
+    assert r.converged and r.n_hvps <= 4
+    ev = torch.linalg.eigvalsh(A)
+    assert abs(r.lambda_max - float(ev[-1])) < 1e-10 * float(ev[-1])
+    assert abs(r.lambda_min - float(ev[0])) < 1e-10 * float(ev[-1])
+
+
+def test_bitwise_repeatable_and_seeded():
+    A = _sym(60, seed=3).float()
+    a = lanczos(lambda v: A @ v, 60, top_k=2, seed=5, dtype=torch.float32, max_iter=20)
+    b = lanczos(lambda v: A @ v, 60, top_k=2, seed=5, dtype=torch.float32, max_iter=20)
+    c = lanczos(lambda v: A @ v, 60, top_k=2, seed=6, dtype=torch.float32, max_iter=3, tol=0)
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.alphas, b.alphas)
+    assert not torch.equal(c.alphas, a.alphas[:3])
+    assert torch.equal(start_vector(10, 1, torch.float64), start_vector(10, 1, torch.float64))
+
+
+def test_quadrature_weights_and_tridiagonal():
+    A = _sym(30, seed=4)
+    v0 = start_vector(30, 0, torch.float64)
+    r = lanczos(lambda v: A @ v, 30, tol=0.0, max_iter=30, v0=v0)
+    assert r.n_iter == 30
+    assert abs(float((r.first_components**2).sum()) - 1) < 1e-12
+    # Gauss quadrature with m = n reproduces v0ᵀ A² v0 exactly
+    exact = float(v0 @ A @ A @ v0)
+    quad = float(((r.first_components**2) * r.ritz_values**2).sum())
+    assert abs(exact - quad) < 1e-9 * abs(exact)
+
+
+def test_run_state_machine_and_bad_input():
+    with pytest.raises(ValueError):
+        LanczosRun(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        LanczosRun(torch.ones(3, dtype=torch.float64), top_k=0)
+    run = LanczosRun(torch.ones(2, dtype=torch.float64), max_iter=1)
+    run.feed(run.query * 2)
+    assert run.done
+    with pytest.raises(RuntimeError):
+        run.feed(run.query)
