@@ -436,15 +436,19 @@ def ntk(
         exclude = {t.untyped_storage().data_ptr() for t in (*frozen.values(), *buffers.values())}
         exclude |= {t.untyped_storage().data_ptr() for t in probe_p.values()}
         exclude.add(probe_x.untyped_storage().data_ptr())
-        out_box: list[torch.Tensor] = []
-        act = _saved_bytes(lambda: out_box.append(batched(probe_p, probe_x)), exclude)
-        if out_box[0].shape[0] != len(probe_x):
+        probe_out: list[torch.Tensor] = []
+
+        def probe() -> None:
+            probe_out.append(batched(probe_p, probe_x).detach())
+
+        act = _saved_bytes(probe, exclude)
+        n_rows, c = probe_out[0].shape
+        if n_rows != len(probe_x):
             raise ModelError(
-                f"the model maps {len(probe_x)} example(s) to {out_box[0].shape[0]} rows; "
+                f"the model maps {len(probe_x)} example(s) to {n_rows} rows; "
                 "ntk needs one row of logits per example"
             )
-        c = out_box[0].shape[1]
-        del out_box, probe_p
+        probe_out.clear()
         cp = 1 if mode == "sum" else c
         rows = n * cp
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from cli.main import main
-from geomkit.checkpoint import load_checkpoint
-from geomkit.checkpoint import save_checkpoint
+from geomkit.checkpoint import load_checkpoint, save_checkpoint
 from geomkit.data import DataSpec
 from geomkit.geometry.ntk import ntk, ntk_at_init
 from geomkit.models import build

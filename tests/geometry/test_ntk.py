@@ -28,7 +28,7 @@ def dense_jacobian(model: nn.Module, x: torch.Tensor, bn: str, names=None) -> to
     primals = tuple(named[n].detach() for n in names)
 
     def f(*p):
-        return functional_call(m, dict(zip(names, p)), (x,))
+        return functional_call(m, dict(zip(names, p, strict=True)), (x,))
 
     jac = torch.autograd.functional.jacobian(f, primals)
     return torch.cat([j.reshape(*j.shape[:2], -1) for j in jac], dim=-1)
