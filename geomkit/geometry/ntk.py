@@ -420,7 +420,11 @@ def ntk(
             if m.training:
                 # batch statistics without touching (or needing) the running buffers
                 m.track_running_stats = False
-        coupled = any(isinstance(m, _BatchNorm) and m.training for m in model.modules())
+        # a BatchNorm without running buffers normalizes with batch statistics even in eval
+        coupled = any(
+            isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)
+            for m in model.modules()
+        )
 
         def batched(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             out = functional_call(model, (p, frozen, buffers), (x,))

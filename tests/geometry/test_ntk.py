@@ -169,6 +169,16 @@ def test_bad_arguments_raise_user_errors():
         ntk(case.model, case.inputs, chunk_size=0)
 
 
+def test_batchnorm_without_running_stats_is_coupled_in_eval_mode_too():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False),
+                          nn.Tanh(), nn.Linear(4, 2)).double().eval()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    res = ntk(model, x, bn="eval")
+    assert res.method == "batch-jacobian"
+    assert_kernel_close(res.kernel, dense_kernel(dense_jacobian(model, x, "eval"), "sum"))
+
+
 def test_model_modes_restored_on_error():
     class Boom(nn.Module):
         def __init__(self):
