@@ -1,0 +1,60 @@
+"""The train / info / models commands and the CLI's error contract."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cli.main import main
+
+TINY = ["--model", "vit-tiny", "--model-arg", "depth=1", "--model-arg", "embed_dim=16",
+        "--model-arg", "num_heads=2", "--data", "synthetic", "--epochs", "1", "--batch-size", "64",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, "--optimizer", "sam", "--out", str(out), "--json"]) == 0
+    return out
+
+
+def test_train_json_and_info(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["info", str(run_dir / "last.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["label"] == "vit-tiny/sam" and info["model_kwargs"]["depth"] == 1
+    assert info["config"]["rho"] == 0.1 and info["epoch"] == 1 and "history" not in info["metrics"]
+    assert main(["info", str(run_dir)]) == 0
+    assert "vit-tiny/sam" in capsys.readouterr().out
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models", "--json"]) == 0
+    assert "vit-b16" in json.loads(capsys.readouterr().out)["models"]
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["info", "/nonexistent/x.pt"], "no such checkpoint"),
+        (["train", "--model", "vit-huge", "--out", "OUT", "--data", "synthetic"], "unknown model 'vit-huge'"),
+        (["train", "--data", "imagenet", "--out", "OUT"], "unknown data source"),
+        (["train", "--model-arg", "depth", "--out", "OUT", "--data", "synthetic"], "KEY=VALUE"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, match, capsys, tmp_path):
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geomkit: error:") and match in err and "\n" not in err
+
+
+def test_console_script_and_help():
+    out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("train", "info", "models"):
+        assert cmd in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "cli", "info", "nope.pt"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
