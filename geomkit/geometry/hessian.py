@@ -228,7 +228,7 @@ def hessian_eigs(
                     bar.set_description(",".join(active) if len(active) < 4 else "lanczos")
                 t1 = time.perf_counter()
                 outs = op.matvecs([(b, runs[b].query) for b in active])
-                for b, w in zip(active, outs):
+                for b, w in zip(active, outs, strict=True):
                     runs[b].feed(w)
                 dt = (time.perf_counter() - t1) / len(active)
                 for b in active:
@@ -259,7 +259,8 @@ def hessian_eigs(
         )
     return HessianResult(
         blocks=out, params=resolved, n_samples=len(inputs), strategy=op.strategy,
-        schedule=schedule, bn=bn, batch_size=op.batch_size, dtype=str(op.dtype).replace("torch.", ""),
+        schedule=schedule, bn=bn, batch_size=op.batch_size,
+        dtype=str(op.dtype).replace("torch.", ""),
         device=str(op.device), seed=seed, tol=tol, max_iter=max_iter, top_k=top_k,
         graph_bytes=op.graph_bytes, seconds=time.perf_counter() - t0,
     )

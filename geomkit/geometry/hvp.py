@@ -77,7 +77,6 @@ __all__ = [
     "HessianOperator",
     "analysis_mode",
     "default_memory_budget",
-    "estimate_graph_bytes",
 ]
 
 STRATEGIES = ("auto", "reuse", "stream", "func")
@@ -110,6 +109,13 @@ def default_memory_budget(device: torch.device) -> int:
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
         avail = 8 << 30
     return int(avail * 0.25)
+
+
+def _add(acc: Sequence[torch.Tensor | None],
+         parts: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Elementwise sum of two lists of optional tensors (None = zero)."""
+    return [a if p is None else (p if a is None else a + p)
+            for a, p in zip(acc, parts, strict=True)]
 
 
 def _loss_sum(logits: torch.Tensor, targets: torch.Tensor, n_total: int) -> torch.Tensor:
@@ -192,7 +198,9 @@ class HessianOperator:
         if bn == "train":  # private copies: BatchNorm updates them in place
             bufs = {n: b.clone() for n, b in bufs.items()}
         self._buffers = bufs
-        self.dims = {b: sum(self._leaves[n].numel() for n in names) for b, names in self.blocks.items()}
+        self.dims = {
+            b: sum(self._leaves[n].numel() for n in names) for b, names in self.blocks.items()
+        }
         self.n_hvps = {b: 0 for b in self.blocks}
         self.graph_bytes: int | None = None
         self.batch_size = batch_size
@@ -203,7 +211,8 @@ class HessianOperator:
             probe_n = max(1, min(8, n_local, batch_size or n_local))
             per_ex = self._probe_bytes(probe_n) / probe_n
             self.graph_bytes = int(per_ex * n_local)
-            budget = memory_budget if memory_budget is not None else default_memory_budget(self.device)
+            budget = (memory_budget if memory_budget is not None
+                      else default_memory_budget(self.device))
             if self.graph_bytes <= budget:
                 strategy = "reuse"
             else:
@@ -265,12 +274,13 @@ class HessianOperator:
         for x, y in self._batches():
             loss = _loss_sum(self._forward(x, self._leaves), y, self.n_total)
             gs = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-            total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, gs)]
-        self._graph = {n: g for n, g in zip(names, total) if g is not None}
+            total = _add(total, gs)
+        self._graph = {n: g for n, g in zip(names, total, strict=True) if g is not None}
 
     def _unflat(self, block: str, v: torch.Tensor) -> list[torch.Tensor]:
         if v.shape != (self.dims[block],):
-            raise ValueError(f"block {block!r} takes vectors of length {self.dims[block]}, got {tuple(v.shape)}")
+            raise ValueError(f"block {block!r} takes vectors of length {self.dims[block]}, "
+                             f"got {tuple(v.shape)}")
         v = v.to(device=self.device, dtype=self.dtype)
         out, i = [], 0
         for n in self.blocks[block]:
@@ -282,13 +292,14 @@ class HessianOperator:
     def _flat(self, block: str, parts: Sequence[torch.Tensor | None]) -> torch.Tensor:
         return torch.cat([
             (torch.zeros_like(self._leaves[n]) if g is None else g).reshape(-1)
-            for n, g in zip(self.blocks[block], parts)
+            for n, g in zip(self.blocks[block], parts, strict=True)
         ])
 
     def _second(self, g: dict[str, torch.Tensor], block: str, vs: list[torch.Tensor],
                 retain: bool) -> list[torch.Tensor | None]:
         names = self.blocks[block]
-        terms = [(g[n] * v).sum() for n, v in zip(names, vs) if n in g and g[n].requires_grad]
+        terms = [(g[n] * v).sum() for n, v in zip(names, vs, strict=True)
+                 if n in g and g[n].requires_grad]
         if not terms:
             return [None] * len(names)
         dot = torch.stack(terms).sum()
@@ -307,7 +318,7 @@ class HessianOperator:
         acc: list[list[torch.Tensor | None]] = [[None] * len(self.blocks[b]) for b, _ in reqs]
 
         def add(i: int, parts: Sequence[torch.Tensor | None]) -> None:
-            acc[i] = [a if p is None else (p if a is None else a + p) for a, p in zip(acc[i], parts)]
+            acc[i] = _add(acc[i], parts)
 
         if self.strategy == "reuse":
             if self._graph is None:
@@ -321,7 +332,7 @@ class HessianOperator:
             for x, y in self._batches():
                 loss = _loss_sum(self._forward(x, self._leaves), y, self.n_total)
                 gs = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-                g = {n: t for n, t in zip(names, gs) if t is not None}
+                g = {n: t for n, t in zip(names, gs, strict=True) if t is not None}
                 for i, (b, vs) in enumerate(reqs):
                     add(i, self._second(g, b, vs, retain=i < len(reqs) - 1))
                 del loss, gs, g
@@ -330,7 +341,7 @@ class HessianOperator:
                 for i, (b, vs) in enumerate(reqs):
                     add(i, self._func_hvp(b, vs, x, y))
         out = []
-        for (b, _), parts in zip(reqs, acc):
+        for (b, _), parts in zip(reqs, acc, strict=True):
             hv = self._flat(b, parts).detach()
             out.append(distributed.all_reduce_sum(hv))
             self.n_hvps[b] += 1
@@ -354,7 +365,7 @@ class HessianOperator:
             return _loss_sum(out, y, self.n_total)
 
         primals = {n: self._leaves[n].detach() for n in names}
-        tangents = dict(zip(names, vs))
+        tangents = dict(zip(names, vs, strict=True))
         with analysis_mode(self.model, self.bn):
             _, hv = jvp(grad(loss_fn), (primals,), (tangents,))
         return [hv[n] for n in names]
@@ -367,7 +378,7 @@ class HessianOperator:
         for x, y in self._batches():
             loss = _loss_sum(self._forward(x, self._leaves), y, self.n_total)
             gs = torch.autograd.grad(loss, leaves, allow_unused=True)
-            acc = [a if p is None else (p if a is None else a + p) for a, p in zip(acc, gs)]
+            acc = _add(acc, gs)
         return distributed.all_reduce_sum(self._flat(block, acc).detach())
 
     def loss(self) -> float:

@@ -116,7 +116,8 @@ class DensityResult:
 
 def rademacher(n: int, generator: torch.Generator) -> torch.Tensor:
     """A float64 vector of independent ±1 entries drawn on the CPU."""
-    return torch.randint(0, 2, (n,), generator=generator, dtype=torch.int8).to(torch.float64) * 2 - 1
+    bits = torch.randint(0, 2, (n,), generator=generator, dtype=torch.int8)
+    return bits.to(torch.float64) * 2 - 1
 
 
 def _operator(model, inputs, targets, blocks, regex, kw) -> tuple[HessianOperator, dict]:
@@ -180,7 +181,7 @@ def hutchinson_trace(
             t1 = time.perf_counter()
             outs = op.matvecs(reqs)
             dt = (time.perf_counter() - t1) / len(reqs)
-            for (b, z), hz in zip(reqs, outs):
+            for (b, z), hz in zip(reqs, outs, strict=True):
                 samples[b].append(float(torch.dot(z.double(), hz.double())))
                 spent[b] += dt
             done += c
@@ -267,7 +268,7 @@ def spectral_density(
             t1 = time.perf_counter()
             outs = op.matvecs([(b, r.query) for b, r in active])
             dt = (time.perf_counter() - t1) / len(active)
-            for (b, r), w in zip(active, outs):
+            for (b, r), w in zip(active, outs, strict=True):
                 r.feed(w)
                 spent[b] += dt
             if bar is not None:

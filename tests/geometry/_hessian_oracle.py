@@ -24,7 +24,7 @@ def _unflatten(model, names):
 
     def to_dict(v):
         out, i = {}, 0
-        for n, s in zip(names, shapes):
+        for n, s in zip(names, shapes, strict=True):
             out[n] = v[i : i + s.numel()].view(s)
             i += s.numel()
         return out

@@ -39,7 +39,7 @@ def test_every_paper_block_matches_dense_eigvalsh(name):
         scale = float(ev.abs().max())
         assert e.n_params == H.shape[0] and e.converged
         assert _rel(e.lambda_max, float(ev[-1]), 1e-12) < 1e-6, (b, e.lambda_max, ev[-1])
-        for got, want in zip(e.eigenvalues, ev.flip(0)[:3].tolist()):
+        for got, want in zip(e.eigenvalues, ev.flip(0)[:3].tolist(), strict=True):
             assert _rel(got, want, 1e-3 * scale) < 1e-6, (b, got, want)
         # λ_min is often ~0 or negative: relative to its size, floored at 1e-3 λ-scale
         assert _rel(e.lambda_min, float(ev[0]), 1e-3 * scale) < 1e-6, (b, e.lambda_min, ev[0])

@@ -46,7 +46,7 @@ def test_hvp_equals_dense_every_strategy_and_block(name):
                                  batch_size=bs)
             vs = {b: torch.randn(op.dims[b], generator=g, dtype=torch.float64) for b in blocks}
             outs = op.matvecs(list(vs.items()))
-            for (b, v), hv in zip(vs.items(), outs):
+            for (b, v), hv in zip(vs.items(), outs, strict=True):
                 _close(hv, dense[b] @ v)
             assert op.n_hvps == {b: 1 for b in blocks}
 

@@ -39,7 +39,7 @@ def test_top_k_smallest_and_vectors_match_eigh():
     assert r.converged
     torch.testing.assert_close(r.eigenvalues, ev.flip(0)[:3], rtol=1e-8, atol=0)
     assert abs(r.lambda_min - float(ev[0])) < 1e-8 * float(ev.abs().max())
-    for lam, y in zip(r.eigenvalues, r.vectors):
+    for lam, y in zip(r.eigenvalues, r.vectors, strict=True):
         assert abs(float(y.norm()) - 1) < 1e-10
         assert float((A @ y - lam * y).norm()) < 1e-6
     assert float((A @ r.vector_min - r.lambda_min * r.vector_min).norm()) < 1e-6
