@@ -1,0 +1,423 @@
+"""Study configuration: a frozen description of models × optimizers × data × seeds.
+
+A study is read from a named preset (``geomkit/studies/<name>.toml``) or from a TOML
+file (YAML too when PyYAML happens to be installed; it is not a dependency)::
+
+    name = "quick"
+    description = "digits, three tiny models, vanilla vs SAM"
+    models = ["vit-tiny", "mixer-tiny", "resnet-tiny"]
+    optimizers = ["vanilla", "sam"]
+    seeds = [0]
+
+    [rho]                 # SAM radius by model name or family (vit / mixer / resnet)
+    vit = 0.1
+    [vanilla]             # the vanilla optimizer by model name or family
+    resnet = "sgd"
+    [model_kwargs."vit-tiny"]
+    depth = 4
+
+    [data]                # any geomkit.data.DataSpec field, plus `subsets`
+    source = "digits"
+    augment = true
+    subsets = [1.0]
+
+    [train]               # any geomkit.train.TrainConfig field but model/data/optimizer/seed
+    epochs = 30
+    batch_size = 64
+
+    [analysis]            # sample counts of the measurements (see AnalysisSettings)
+    hessian_samples = 256
+
+    [landscape]           # the Figure-1 surfaces (see LandscapeSettings)
+    x = [-1.0, 1.0, 21]
+
+Every mistake raises :class:`~geomkit.errors.SpecError` with one line that names the
+problem (an unknown preset lists the valid ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from geomkit.data import DataSpec
+from geomkit.errors import GeomkitError, SpecError
+from geomkit.train import TrainConfig
+from geomkit.train.config import BASE_OPTIMIZERS, FAMILY_DEFAULTS
+
+#: Optimizer names a study accepts: ``vanilla`` (the family's base optimizer, or the one
+#: named in ``[vanilla]``), ``sam`` and ``asam`` (around the same base optimizer).
+STUDY_OPTIMIZERS: tuple[str, ...] = ("vanilla", "sam", "asam")
+
+#: TrainConfig fields a study sets itself (so ``[train]`` may not).
+_RESERVED_TRAIN = {"model", "model_kwargs", "data", "optimizer", "seed", "label", "rho"}
+
+
+def model_family(name: str) -> str:
+    """``vit`` / ``mixer`` / ``resnet`` / ``other`` from a registry name (no model built)."""
+    head = name.split("-")[0].lower()
+    for fam in ("vit", "mixer", "resnet"):
+        if head.startswith(fam):
+            return fam
+    return "other"
+
+
+def subset_tag(subset: float) -> str:
+    """Short text for a subset fraction in run names: 0.5 → ``0.5``, 0.1 → ``0.1``."""
+    return f"{subset:.4g}"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Stage-2 settings: what ``geomkit.analyze.analyze`` and the spectral densities use.
+
+    Attributes:
+        samples: first N training examples for the Hessian λ_max per block and the
+            activation statistics (the analysis-data rule).
+        ntk_samples: examples for the NTK condition number at initialization.
+        ntk_repeats: initializations averaged for κ.
+        test_samples: test examples for clean / corrupted accuracy (0 = the whole split).
+        hessian_tol, hessian_max_iter: Lanczos tolerance and step limit.
+        density_samples: examples for the Hessian spectral density (0 = no densities).
+        density_probes, density_iter: SLQ probes and Lanczos steps per probe.
+        options: further keyword arguments passed to ``geomkit.analyze.analyze``.
+    """
+
+    samples: int = 256
+    ntk_samples: int = 64
+    ntk_repeats: int = 3
+    test_samples: int = 0
+    hessian_tol: float = 1e-3
+    hessian_max_iter: int = 100
+    density_samples: int = 128
+    density_probes: int = 2
+    density_iter: int = 48
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "options":
+                if not isinstance(v, dict):
+                    raise SpecError(f"[analysis] options must be a table, got {v!r}")
+            elif f.name == "hessian_tol":
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+                    raise SpecError(f"[analysis] hessian_tol must be a number >= 0, got {v!r}")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise SpecError(f"[analysis] {f.name} must be an integer >= 0, got {v!r}")
+        for name in ("samples", "ntk_samples", "ntk_repeats", "hessian_max_iter",
+                     "density_probes", "density_iter"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"[analysis] {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    """The stage-3 surfaces: one filter-normalized random 2-D surface per run.
+
+    Attributes:
+        enabled: draw landscapes at all.
+        x, y: grid axes as ``(min, max, num)``.
+        samples: training examples the loss is averaged over.
+        seed: seed of the random directions (the same for every run).
+        norm, ignore: direction normalization (see ``geomkit landscape``).
+        log: log-scaled colour levels in the figures.
+    """
+
+    enabled: bool = True
+    x: tuple[float, float, int] = (-1.0, 1.0, 21)
+    y: tuple[float, float, int] = (-1.0, 1.0, 21)
+    samples: int = 256
+    seed: int = 0
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        for axis in ("x", "y"):
+            v = getattr(self, axis)
+            ok = (isinstance(v, (list, tuple)) and len(v) == 3
+                  and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v))
+            if ok:
+                lo, hi, num = float(v[0]), float(v[1]), v[2]
+                ok = (isinstance(num, int) and num >= 1 and math.isfinite(lo)
+                      and math.isfinite(hi) and (num == 1 or hi > lo))
+            if not ok:
+                raise SpecError(f"[landscape] {axis} must be [min, max, num] with min < max, "
+                                f"num >= 1, got {v!r}")
+            object.__setattr__(self, axis, (float(v[0]), float(v[1]), int(v[2])))
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise SpecError(f"[landscape] samples must be an integer >= 1, got {self.samples!r}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study: where it lives and the exact training config."""
+
+    name: str
+    model: str
+    optimizer: str
+    seed: int
+    subset: float
+    train_config: TrainConfig
+
+    @property
+    def family(self) -> str:
+        return model_family(self.model)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: models × optimizers × subsets × seeds, plus training and analysis settings.
+
+    Use :func:`load_study_config` to read one; :meth:`runs` expands the grid.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    optimizers: tuple[str, ...] = ("vanilla", "sam")
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+    rho: dict[str, float] = field(default_factory=dict)
+    vanilla: dict[str, str] = field(default_factory=dict)
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: DataSpec = field(default_factory=DataSpec)
+    subsets: tuple[float, ...] = (1.0,)
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 30, "batch_size": 64})
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise SpecError(msg)
+
+        need(isinstance(self.name, str) and bool(self.name), "a study needs a non-empty name")
+        for key in ("models", "optimizers", "seeds", "subsets"):
+            v = getattr(self, key)
+            need(isinstance(v, (list, tuple)) and len(v) > 0, f"{key} must be a non-empty list")
+            object.__setattr__(self, key, tuple(v))
+        from geomkit.models import list_models
+
+        valid = list_models()
+        for m in self.models:
+            need(m in valid, f"unknown model {m!r} in models; valid: {', '.join(valid)}")
+        for o in self.optimizers:
+            need(o in STUDY_OPTIMIZERS,
+                 f"unknown optimizer {o!r}; valid: {', '.join(STUDY_OPTIMIZERS)}")
+        need(len(set(self.models)) == len(self.models), "models are listed twice")
+        need(len(set(self.optimizers)) == len(self.optimizers), "optimizers are listed twice")
+        for s in self.seeds:
+            need(isinstance(s, int) and not isinstance(s, bool), f"seeds must be integers, got {s!r}")
+        for f in self.subsets:
+            need(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1,
+                 f"subsets must be fractions in (0, 1], got {f!r}")
+        for k, v in self.rho.items():
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                 f"rho.{k} must be a number >= 0, got {v!r}")
+        for k, v in self.vanilla.items():
+            need(v in BASE_OPTIMIZERS,
+                 f"vanilla.{k} must be one of {', '.join(BASE_OPTIMIZERS)}, got {v!r}")
+        for k, v in self.model_kwargs.items():
+            need(isinstance(v, dict), f"model_kwargs.{k} must be a table, got {v!r}")
+        need(isinstance(self.data, DataSpec), "data must be a DataSpec")
+        need(isinstance(self.train, dict), "train must be a table")
+        bad = sorted(set(self.train) & _RESERVED_TRAIN)
+        need(not bad, f"[train] may not set {', '.join(bad)} (the study sets them)")
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.train) - names)
+        need(not unknown, f"unknown [train] key(s) {', '.join(unknown)}; valid: "
+             f"{', '.join(sorted(names - _RESERVED_TRAIN))}")
+        self.runs()  # validate every TrainConfig now, not halfway through a study
+
+    # -- lookups -----------------------------------------------------------------------
+    def _by_model(self, table: dict[str, Any], model: str) -> Any:
+        if model in table:
+            return table[model]
+        return table.get(model_family(model))
+
+    def rho_for(self, model: str) -> float:
+        """SAM's ρ for ``model``: ``[rho]`` by model name, then by family, else the default."""
+        v = self._by_model(self.rho, model)
+        fam = FAMILY_DEFAULTS.get(model_family(model), FAMILY_DEFAULTS["other"])
+        return float(fam["rho"] if v is None else v)
+
+    def base_optimizer_for(self, model: str) -> str:
+        """The vanilla optimizer of ``model`` (also the one SAM wraps)."""
+        v = self._by_model(self.vanilla, model)
+        fam = FAMILY_DEFAULTS.get(model_family(model), FAMILY_DEFAULTS["other"])
+        return str(fam["base_optimizer"] if v is None else v)
+
+    def run_name(self, model: str, optimizer: str, seed: int, subset: float) -> str:
+        """``<model>-<optimizer>[-subsetF]-s<seed>`` (the run's directory under ``runs/``)."""
+        tag = "" if subset == 1 else f"-subset{subset_tag(subset)}"
+        return f"{model}-{optimizer}{tag}-s{seed}"
+
+    def runs(self) -> list[RunSpec]:
+        """Every run of the study, in a stable order (subset, model, optimizer, seed)."""
+        out = []
+        for subset in self.subsets:
+            data = self.data.replace(subset=float(subset)).to_dict()
+            for model in self.models:
+                base = self.base_optimizer_for(model)
+                for opt in self.optimizers:
+                    for seed in self.seeds:
+                        kw: dict[str, Any] = dict(self.train)
+                        kw.update(
+                            model=model,
+                            model_kwargs=dict(self.model_kwargs.get(model, {})),
+                            data=data,
+                            optimizer=base if opt == "vanilla" else opt,
+                            base_optimizer=base,
+                            seed=int(seed),
+                            label=opt,
+                        )
+                        if opt != "vanilla":
+                            kw["rho"] = self.rho_for(model)
+                        try:
+                            cfg = TrainConfig(**kw)
+                        except GeomkitError as e:
+                            raise SpecError(f"bad training settings for {model}/{opt}: {e}") from None
+                        out.append(RunSpec(self.run_name(model, opt, seed, subset), model,
+                                           opt, int(seed), float(subset), cfg))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (``study_config_from_dict(c.to_dict()) == c``)."""
+        d = dataclasses.asdict(self)
+        d["data"] = self.data.to_dict()
+        for k in ("models", "optimizers", "seeds", "subsets"):
+            d[k] = list(d[k])
+        for k in ("x", "y"):
+            d["landscape"][k] = list(d["landscape"][k])
+        return d
+
+    def replace(self, **changes: Any) -> StudyConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``geomkit/studies/*.toml``)."""
+    root = resources.files("geomkit") / "studies"
+    try:
+        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _table(d: dict, key: str) -> dict:
+    v = d.get(key, {})
+    if not isinstance(v, dict):
+        raise SpecError(f"[{key}] must be a table, got {v!r}")
+    return dict(v)
+
+
+def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
+    """Build a :class:`StudyConfig` from parsed TOML/YAML/JSON; errors are :class:`SpecError`."""
+    if not isinstance(d, dict):
+        raise SpecError(f"a study file must hold a table at the top, got {type(d).__name__}")
+    top = {"name", "description", "models", "optimizers", "seeds", "rho", "vanilla",
+           "model_kwargs", "data", "train", "analysis", "landscape", "subsets", "origin"}
+    unknown = sorted(set(d) - top)
+    if unknown:
+        raise SpecError(f"unknown study key(s) {', '.join(unknown)}; valid: {', '.join(sorted(top))}")
+    data = _table(d, "data")
+    subsets = data.pop("subsets", d.get("subsets", [1.0]))
+    data.setdefault("augment", True)  # the light crop/flip, as `geomkit train` does
+    try:
+        spec = DataSpec.from_dict(data)
+    except GeomkitError as e:
+        raise SpecError(f"[data]: {e}") from None
+    analysis = _table(d, "analysis")
+    a_names = {f.name for f in dataclasses.fields(AnalysisSettings)}
+    landscape = _table(d, "landscape")
+    l_names = {f.name for f in dataclasses.fields(LandscapeSettings)}
+    for sect, given, names in (("analysis", analysis, a_names), ("landscape", landscape, l_names)):
+        bad = sorted(set(given) - names)
+        if bad:
+            raise SpecError(f"unknown [{sect}] key(s) {', '.join(bad)}; valid: {', '.join(sorted(names))}")
+    train = {"epochs": 30, "batch_size": 64} | _table(d, "train")
+    if "models" not in d:
+        raise SpecError("a study needs `models = [...]` (registry names, see `geomkit models`)")
+    try:
+        return StudyConfig(
+            name=str(d.get("name") or (Path(source).stem if source else "study")),
+            description=str(d.get("description", "")),
+            models=d["models"],
+            optimizers=d.get("optimizers", ["vanilla", "sam"]),
+            seeds=d.get("seeds", [0]),
+            rho=_table(d, "rho"),
+            vanilla=_table(d, "vanilla"),
+            model_kwargs=_table(d, "model_kwargs"),
+            data=spec,
+            subsets=subsets,
+            train=train,
+            analysis=AnalysisSettings(**analysis),
+            landscape=LandscapeSettings(**landscape),
+            origin=str(source or d.get("origin", "")),
+        )
+    except SpecError:
+        raise
+    except (TypeError, ValueError) as e:  # includes GeomkitErrors from DataSpec/TrainConfig
+        raise SpecError(f"bad study {source or ''}: {' '.join(str(e).split())}") from None
+
+
+def _parse_file(path: Path) -> dict:
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml  # optional: PyYAML is not a dependency
+        except ImportError:
+            raise SpecError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
+                            "or write the study as TOML") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SpecError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{path} is not valid JSON: {e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path} is not valid TOML: {e}") from None
+
+
+def load_study_config(preset_or_path: str | Path) -> StudyConfig:
+    """Read a study from a preset name (``quick``, ``fashion``, ``subsets``) or a file.
+
+    A string that names an existing file (``.toml``; ``.yaml`` with PyYAML; ``.json``)
+    is read as a file; otherwise it must be a preset name.
+
+    Raises:
+        SpecError: unknown preset (the message lists the valid ones) or malformed file.
+    """
+    text = str(preset_or_path)
+    path = Path(text)
+    if path.is_file():
+        return study_config_from_dict(_parse_file(path), source=str(path))
+    presets = list_presets()
+    if text in presets:
+        res = resources.files("geomkit") / "studies" / f"{text}.toml"
+        try:
+            d = tomllib.loads(res.read_text())
+        except tomllib.TOMLDecodeError as e:  # a broken shipped preset is a bug
+            raise RuntimeError(f"preset {text!r} is not valid TOML: {e}") from e
+        return study_config_from_dict(d, source=f"preset:{text}")
+    looks_like_file = path.suffix.lower() in (".toml", ".yaml", ".yml", ".json") or "/" in text
+    what = f"no such study file {text!r}" if looks_like_file else f"unknown study preset {text!r}"
+    raise SpecError(f"{what}; valid presets: {', '.join(presets) or '(none installed)'} "
+                    "or a path to a .toml file")

@@ -1,0 +1,150 @@
+"""Studies: presets and study files, and a micro study through every stage, re-run reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geomkit.errors import SpecError
+from geomkit.study import (
+    StudyConfig,
+    list_presets,
+    load_study_config,
+    parse_stages,
+    run_study,
+    study_config_from_dict,
+)
+
+MICRO = """
+name = "micro"
+models = ["vit-tiny", "resnet-tiny"]
+optimizers = ["vanilla", "sam"]
+seeds = [0]
+
+[model_kwargs."vit-tiny"]
+depth = 1
+embed_dim = 8
+num_heads = 2
+
+[model_kwargs."resnet-tiny"]
+widths = [4, 4, 8]
+
+[data]
+source = "synthetic"
+synthetic_train = 48
+synthetic_test = 32
+augment = false
+
+[train]
+epochs = 1
+batch_size = 24
+
+[analysis]
+samples = 16
+ntk_samples = 8
+ntk_repeats = 1
+test_samples = 16
+hessian_max_iter = 8
+density_samples = 16
+density_probes = 1
+density_iter = 6
+
+[landscape]
+x = [-1.0, 1.0, 3]
+y = [-1.0, 1.0, 3]
+samples = 16
+"""
+
+
+def test_presets_load_and_expand():
+    assert {"quick", "fashion", "subsets"} <= set(list_presets())
+    quick = load_study_config("quick")
+    assert isinstance(quick, StudyConfig)
+    names = [r.name for r in quick.runs()]
+    assert names == [f"{m}-{o}-s0" for m in ("vit-tiny", "mixer-tiny", "resnet-tiny")
+                     for o in ("vanilla", "sam")]
+    by = {r.name: r.train_config for r in quick.runs()}
+    assert by["resnet-tiny-vanilla-s0"].optimizer == "sgd"
+    assert by["resnet-tiny-sam-s0"].optimizer == "sam"
+    assert by["resnet-tiny-sam-s0"].base_optimizer == "sgd"
+    assert by["vit-tiny-vanilla-s0"].optimizer == "adamw"
+    assert by["mixer-tiny-sam-s0"].rho == pytest.approx(0.3)
+    assert by["vit-tiny-sam-s0"].data["source"] == "digits"
+    subsets = load_study_config("subsets")
+    assert sorted({r.subset for r in subsets.runs()}) == [0.1, 0.25, 0.5, 1.0]
+    assert any(r.name == "vit-sam-subset0.25-s0" for r in subsets.runs())
+    assert len(load_study_config("fashion").seeds) == 3
+    # round trip through the JSON-able dict
+    assert study_config_from_dict(quick.to_dict(), source="preset:quick") == quick
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(SpecError, match="valid presets: .*quick") as e:
+        load_study_config("quik")
+    assert "\n" not in str(e.value)
+    with pytest.raises(SpecError, match="no such study file"):
+        load_study_config("missing/study.toml")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("models = [", "not valid TOML"),
+        ('models = ["nope"]', "unknown model 'nope'"),
+        ('models = ["vit-tiny"]\noptimizers = ["adam"]', "unknown optimizer 'adam'"),
+        ('models = ["vit-tiny"]\nwhat = 1', "unknown study key"),
+        ('models = ["vit-tiny"]\n[train]\nepochs = 0', "epochs"),
+        ('models = ["vit-tiny"]\n[train]\nseed = 3', "may not set seed"),
+        ('models = ["vit-tiny"]\n[data]\nsource = "mnist"', r"\[data\]"),
+        ('models = ["vit-tiny"]\n[data]\nsubsets = [0]', "subsets"),
+        ('models = ["vit-tiny"]\n[landscape]\nx = [1, -1, 5]', "min < max"),
+        ('models = ["vit-tiny"]\n[analysis]\nsamples = -1', "samples"),
+        ('models = ["vit-tiny"]\n[vanilla]\nvit = "adam"', "vanilla.vit"),
+        ("seeds = [0]", "needs `models"),
+    ],
+)
+def test_malformed_study_files(tmp_path: Path, text: str, match: str):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match=match) as e:
+        load_study_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_parse_stages():
+    assert parse_stages(None) == ("train", "analyze", "landscape", "report")
+    assert parse_stages("report,train") == ("train", "report")
+    with pytest.raises(SpecError, match="valid: train"):
+        parse_stages("train,plot")
+
+
+def _mtimes(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*"))
+            if p.is_file() and p.suffix in (".pt", ".h5")}
+
+
+@pytest.mark.slow
+def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
+    cfg_path = tmp_path / "micro.toml"
+    cfg_path.write_text(MICRO)
+    out = tmp_path / "study"
+    r = run_study(cfg_path, out, progress=False)
+    assert [x.status for x in r.runs] == ["trained"] * 4
+    for x in r.runs:
+        assert (out / "runs" / x.name / "last.pt").is_file()
+        assert x.epochs == 1 and 0 <= x.test_acc <= 1
+    state = json.loads((out / "study.json").read_text())
+    assert [row["run"] for row in state["runs"]] == [x.name for x in r.runs]
+    before = _mtimes(out)
+
+    again = run_study(cfg_path, out, progress=False)
+    assert [x.status for x in again.runs] == ["reused"] * 4
+    assert _mtimes(out) == before  # nothing retrained or recomputed
+
+    # a different setting for an existing run is refused, not silently mixed
+    changed = load_study_config(cfg_path)
+    changed = changed.replace(train=dict(changed.train, epochs=2))
+    with pytest.raises(SpecError, match="epochs=1"):
+        run_study(changed, out, stages="train", progress=False)
