@@ -22,6 +22,7 @@ considered: Θ built column by column from NTK-vector products ``Θ e_j = J (J�
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -93,7 +94,7 @@ def nvp_kernel(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def kappa(k: torch.Tensor) -> float:
     ev = torch.linalg.eigvalsh(0.5 * (k + k.T))
-    return float(ev[-1] / ev[0])
+    return float(ev[-1] / ev[0]) if ev[0] > 0 else math.inf
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("ignore", RuntimeWarning)  # float32 κ of a near-singular Θ
 
     head = (
-        "| model | params | N | bn | loop (s) | geomkit (s) | speed-up | κ "
+        "| model | params | N | bn | loop (s) | geomkit (s) | speed-up | κ (f64) "
         "| rel. Δκ f32 | rel. Δκ f64 |"
     )
     if args.nvp:
@@ -142,14 +143,17 @@ def main(argv: list[str] | None = None) -> None:
             fns["nvp"] = partial(nvp_kernel, model, x)
         timed = interleaved(fns, args.repeats)
         (t_geo, res), (t_loop, k_loop) = timed["geo"], timed["loop"]
-        d32 = abs(res.kappa - kappa(k_loop)) / kappa(k_loop)
+        k32 = kappa(k_loop)
+        both = all(math.isfinite(k) and k > 0 for k in (res.kappa, k32))
+        d32 = f"{abs(res.kappa - k32) / k32:.1e}" if both else "n/a (Θ singular in f32)"
         m64, x64 = model.double(), x.double()
         k64 = kappa(loop_kernel(m64, x64, args.bn))
-        d64 = abs(ntk(m64, x64, bn=args.bn).kappa - k64) / k64
+        r64 = ntk(m64, x64, bn=args.bn)
+        d64 = abs(r64.kappa - k64) / k64
         model.float()
         row = (
             f"| {name} | {n_params:,} | {args.samples} | {args.bn} | {t_loop:.2f} | {t_geo:.2f} "
-            f"| {t_loop / t_geo:.1f}× | {res.kappa:.4g} | {d32:.1e} | {d64:.1e} |"
+            f"| {t_loop / t_geo:.1f}× | {r64.kappa:.4g} | {d32} | {d64:.1e} |"
         )
         if args.nvp:
             row += f" {timed['nvp'][0]:.2f} |"
