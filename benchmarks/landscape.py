@@ -31,7 +31,9 @@ from geomkit.geometry.landscape import Grid, auto_batch_size, loss_landscape, ra
 from geomkit.models import build
 
 
-def reference_surface(model, inputs, targets, dirs, grid: Grid, batch_size: int = 128) -> np.ndarray:
+def reference_surface(
+    model, inputs, targets, dirs, grid: Grid, batch_size: int = 128
+) -> np.ndarray:
     """The reference tool's loop: rebuild every parameter per point, evaluate with no_grad."""
     params = [p for _, p in model.named_parameters()]
     names = [n for n, _ in model.named_parameters()]
@@ -42,7 +44,7 @@ def reference_surface(model, inputs, targets, dirs, grid: Grid, batch_size: int 
     model.eval()
     try:
         for k, (a, b) in enumerate(grid.coords()):
-            for p, w, d0, d1 in zip(params, weights, dx, dy):
+            for p, w, d0, d1 in zip(params, weights, dx, dy, strict=True):
                 p.data = w + (d0 * a + d1 * b)
             total, n = 0.0, 0
             with torch.no_grad():
@@ -54,7 +56,7 @@ def reference_surface(model, inputs, targets, dirs, grid: Grid, batch_size: int 
                     out.max(1)[1].eq(y).sum()
             loss.reshape(-1)[k] = total / n
     finally:
-        for p, w in zip(params, weights):
+        for p, w in zip(params, weights, strict=True):
             p.data = w
     return loss
 
@@ -78,11 +80,18 @@ def main() -> None:
         torch.manual_seed(0)
         model = build(name, image_size=8, in_chans=1, num_classes=10).eval()
         dirs = random_directions(model, 2, seed=0)
-        methods = {"reference (loop, no_grad, batch 128)": lambda: reference_surface(model, x, y, dirs, grid),
-                   "geomkit (in-place, inference_mode)": lambda: loss_landscape(model, x, y, dirs, grid).loss}
+        methods = {
+            "reference (loop, no_grad, batch 128)": lambda model=model, dirs=dirs: (
+                reference_surface(model, x, y, dirs, grid)
+            ),
+            "geomkit (in-place, inference_mode)": lambda model=model, dirs=dirs: (
+                loss_landscape(model, x, y, dirs, grid).loss
+            ),
+        }
         for k in [int(v) for v in args.vmap_k.split(",") if v]:
-            methods[f"geomkit vmap K={k}"] = (
-                lambda k=k: loss_landscape(model, x, y, dirs, grid, points_per_call=k).loss)
+            methods[f"geomkit vmap K={k}"] = lambda k=k, model=model, dirs=dirs: (
+                loss_landscape(model, x, y, dirs, grid, points_per_call=k).loss
+            )
         best = {m: float("inf") for m in methods}
         surfaces = {}
         for _ in range(args.repeats):
@@ -94,14 +103,24 @@ def main() -> None:
         ref = surfaces[ref_key]
         for m in methods:
             rel = float(np.max(np.abs(surfaces[m] - ref) / np.abs(ref)))
-            rows.append({
-                "model": name, "method": m, "points_per_s": grid.size / best[m],
-                "speedup": best[ref_key] / best[m], "max_rel_diff": rel,
-                "batch": 128 if m == ref_key else auto_batch_size(model, x),
-            })
-    meta = {"threads": args.threads, "samples": args.samples, "grid": f"{args.grid}x{args.grid}",
-            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "repeats": args.repeats}
+            rows.append(
+                {
+                    "model": name,
+                    "method": m,
+                    "points_per_s": grid.size / best[m],
+                    "speedup": best[ref_key] / best[m],
+                    "max_rel_diff": rel,
+                    "batch": 128 if m == ref_key else auto_batch_size(model, x),
+                }
+            )
+    meta = {
+        "threads": args.threads,
+        "samples": args.samples,
+        "grid": f"{args.grid}x{args.grid}",
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "repeats": args.repeats,
+    }
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}))
         return
@@ -109,8 +128,10 @@ def main() -> None:
     print("| model | method | eval batch | grid points/s | speedup vs reference | max rel. diff |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['method']} | {r['batch']} | {r['points_per_s']:.2f} | "
-              f"{r['speedup']:.2f}x | {r['max_rel_diff']:.1e} |")
+        print(
+            f"| {r['model']} | {r['method']} | {r['batch']} | {r['points_per_s']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['max_rel_diff']:.1e} |"
+        )
 
 
 if __name__ == "__main__":

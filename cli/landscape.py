@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 
 import numpy as np
 
-from cli._common import add_device_flag, add_json_flag, parse_range, positive_int, print_json, print_table
+from cli._common import (
+    add_device_flag,
+    add_json_flag,
+    parse_range,
+    positive_int,
+    print_json,
+    print_table,
+)
 
 ORDER = 50
 
@@ -41,31 +47,68 @@ def register(subparsers) -> None:
     # let `--x -1:1:51` through: argparse would take "-1:1:51" for an option flag
     p._negative_number_matcher = _GRID_LIKE
     p.add_argument("checkpoint", metavar="CKPT", help="geomkit checkpoint (.pt) or run directory")
-    p.add_argument("--x", default=None, metavar="MIN:MAX:NUM",
-                   help="x grid (default -1:1:51; -0.5:1.5:41 for --dir CKPT2)")
-    p.add_argument("--y", default=None, metavar="MIN:MAX:NUM",
-                   help="y grid, or 'none' for a 1-D line (default -1:1:51 for random/hessian "
-                   "directions, none for --dir CKPT2)")
-    p.add_argument("--dir", default="random", metavar="random|hessian|CKPT2" if hess else "random|CKPT2",
-                   help=_DIR_HELP.format(hess=hess))
-    p.add_argument("--norm", default="filter", choices=NORMS,
-                   help="direction normalization: filter (Li et al. 2018, per dim-0 slice; "
-                   "default), layer (per tensor) or none (raw Gaussian, prone to NaN surfaces)")
-    p.add_argument("--ignore", default="biasbn", choices=IGNORES,
-                   help="biasbn: zero the direction on 1-D parameters (biases, norm layers; "
-                   "default); none: keep them, normalized as a whole")
-    p.add_argument("--samples", type=positive_int, default=1024, metavar="N",
-                   help="analysis examples: the first N of the training split (default 1024)")
+    p.add_argument(
+        "--x",
+        default=None,
+        metavar="MIN:MAX:NUM",
+        help="x grid (default -1:1:51; -0.5:1.5:41 for --dir CKPT2)",
+    )
+    p.add_argument(
+        "--y",
+        default=None,
+        metavar="MIN:MAX:NUM",
+        help="y grid, or 'none' for a 1-D line (default -1:1:51 for random/hessian "
+        "directions, none for --dir CKPT2)",
+    )
+    p.add_argument(
+        "--dir",
+        default="random",
+        metavar="random|hessian|CKPT2" if hess else "random|CKPT2",
+        help=_DIR_HELP.format(hess=hess),
+    )
+    p.add_argument(
+        "--norm",
+        default="filter",
+        choices=NORMS,
+        help="direction normalization: filter (Li et al. 2018, per dim-0 slice; "
+        "default), layer (per tensor) or none (raw Gaussian, prone to NaN surfaces)",
+    )
+    p.add_argument(
+        "--ignore",
+        default="biasbn",
+        choices=IGNORES,
+        help="biasbn: zero the direction on 1-D parameters (biases, norm layers; "
+        "default); none: keep them, normalized as a whole",
+    )
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="analysis examples: the first N of the training split (default 1024)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
-    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
-                   help="evaluation mini-batch (default 1024; larger is faster on CPU)")
-    p.add_argument("--shard", default=None, metavar="i/n",
-                   help="compute only shard i of n of the grid points (each shard its own "
-                   "resumable file; join them with `geomkit landscape-merge`)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="B",
+        help="evaluation mini-batch (default 1024; larger is faster on CPU)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/n",
+        help="compute only shard i of n of the grid points (each shard its own "
+        "resumable file; join them with `geomkit landscape-merge`)",
+    )
     p.add_argument("--out", required=True, metavar="FILE.h5", help="result file (HDF5)")
-    p.add_argument("--resume", action="store_true",
-                   help="require FILE.h5 to exist and continue it (re-running without "
-                   "--resume also resumes a matching file)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require FILE.h5 to exist and continue it (re-running without "
+        "--resume also resumes a matching file)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_device_flag(p)
     add_json_flag(p)
@@ -146,8 +189,10 @@ def _render(summary: dict, as_json: bool) -> None:
         print_json(summary)
         return
     rows = [[k, v] for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))]
-    print_table(["field", "value"], [[k, v if not isinstance(v, list) else "x".join(map(str, v))]
-                                     for k, v in rows])
+    print_table(
+        ["field", "value"],
+        [[k, v if not isinstance(v, list) else "x".join(map(str, v))] for k, v in rows],
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,10 +202,20 @@ def run(args: argparse.Namespace) -> int:
     x, y = _grid(args)
     shard = parse_shard(args.shard) if args.shard else None
     res = landscape_from_checkpoint(
-        args.checkpoint, args.out, x=x, y=y, direction=args.dir, norm=args.norm,
-        ignore=args.ignore, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-        shard=shard, resume=True if args.resume else None, device=_device(args.device),
-        progress=not args.no_progress and sys.stderr.isatty() or (not args.no_progress and not args.json),
+        args.checkpoint,
+        args.out,
+        x=x,
+        y=y,
+        direction=args.dir,
+        norm=args.norm,
+        ignore=args.ignore,
+        samples=args.samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        shard=shard,
+        resume=True if args.resume else None,
+        device=_device(args.device),
+        progress=not args.no_progress,  # tqdm on stderr; stdout stays one table / JSON object
     )
     if distributed.is_main():
         _render(_summary(res), args.json)

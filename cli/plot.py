@@ -21,23 +21,43 @@ def register(subparsers) -> None:
         "PREFIX_<kind>.png and .pdf; with --vtk also PREFIX_<file>.vts for ParaView.",
     )
     p.add_argument("files", nargs="+", metavar="FILE.h5", help="landscape files")
-    p.add_argument("--kind", default="all", choices=("contour", "contourf", "surface", "1d", "all"),
-                   help="plot kind (default all: contour, contourf and surface for 2-D files, "
-                   "1d for lines)")
-    p.add_argument("--value", default="loss", choices=("loss", "acc"), help="what to draw (default loss)")
+    p.add_argument(
+        "--kind",
+        default="all",
+        choices=("contour", "contourf", "surface", "1d", "all"),
+        help="plot kind (default all: contour, contourf and surface for 2-D files, 1d for lines)",
+    )
+    p.add_argument(
+        "--value", default="loss", choices=("loss", "acc"), help="what to draw (default loss)"
+    )
     p.add_argument("--log", action="store_true", help="log-scaled levels and colours")
     p.add_argument("--vmin", type=float, default=None, help="lower end of the colour scale")
-    p.add_argument("--vmax", type=float, default=None,
-                   help="upper end of the colour scale (values above are clipped)")
-    p.add_argument("--titles", default=None, help="comma-separated panel titles (default: model names)")
-    p.add_argument("--ncols", type=int, default=None, help="panels per row (default 3 for 3/6/9 files)")
-    p.add_argument("--out", default=None, metavar="PREFIX",
-                   help="output prefix (default: the first file's path without .h5)")
+    p.add_argument(
+        "--vmax",
+        type=float,
+        default=None,
+        help="upper end of the colour scale (values above are clipped)",
+    )
+    p.add_argument(
+        "--titles", default=None, help="comma-separated panel titles (default: model names)"
+    )
+    p.add_argument(
+        "--ncols", type=int, default=None, help="panels per row (default 3 for 3/6/9 files)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="PREFIX",
+        help="output prefix (default: the first file's path without .h5)",
+    )
     p.add_argument("--format", default="png,pdf", help="comma-separated formats (default png,pdf)")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
-    p.add_argument("--vtk", action="store_true",
-                   help="also export each 2-D file as a ParaView structured grid (.vts; needs "
-                   "the optional pyevtk: pip install 'geomkit[vtk]')")
+    p.add_argument(
+        "--vtk",
+        action="store_true",
+        help="also export each 2-D file as a ParaView structured grid (.vts; needs "
+        "the optional pyevtk: pip install 'geomkit[vtk]')",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -56,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         kinds = [args.kind]
     if any(one_d) and any(k != "1d" for k in kinds):
-        bad = [f for f, o in zip(args.files, one_d) if o]
+        bad = [f for f, o in zip(args.files, one_d, strict=True) if o]
         raise SpecError(f"{bad[0]} is a 1-D line; plot it with --kind 1d")
     titles = args.titles.split(",") if args.titles else None
     if titles is not None and len(titles) != len(surfs):
@@ -65,17 +85,27 @@ def run(args: argparse.Namespace) -> int:
     prefix = Path(args.out) if args.out else Path(args.files[0]).with_suffix("")
     written: list[str] = []
     for kind in kinds:
-        fig = plot.plot_panel(surfs, kind=kind, value=args.value, log=args.log, ncols=args.ncols,
-                              titles=titles, vmin=args.vmin, vmax=args.vmax)
-        paths = plot.save_figure(fig, prefix.with_name(f"{prefix.name}_{kind}"), formats=formats,
-                                 dpi=args.dpi)
+        fig = plot.plot_panel(
+            surfs,
+            kind=kind,
+            value=args.value,
+            log=args.log,
+            ncols=args.ncols,
+            titles=titles,
+            vmin=args.vmin,
+            vmax=args.vmax,
+        )
+        paths = plot.save_figure(
+            fig, prefix.with_name(f"{prefix.name}_{kind}"), formats=formats, dpi=args.dpi
+        )
         written += [str(p) for p in paths]
     if args.vtk:
-        for f, s, o in zip(args.files, surfs, one_d):
+        for f, s, o in zip(args.files, surfs, one_d, strict=True):
             if not o:
                 out = prefix.with_name(f"{prefix.name}_{Path(f).stem}.vts")
-                written.append(str(plot.export_vts(s, out, value=args.value, log=args.log,
-                                                   zmax=args.vmax)))
+                written.append(
+                    str(plot.export_vts(s, out, value=args.value, log=args.log, zmax=args.vmax))
+                )
     if args.json:
         print_json({"files": written, "kinds": kinds, "inputs": list(args.files)})
     else:

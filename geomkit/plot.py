@@ -55,8 +55,13 @@ def _values(surf, value: str) -> np.ma.MaskedArray:
 
 
 def color_scale(
-    surfaces: Sequence, *, value: str = "loss", log: bool = False, num_levels: int = 30,
-    vmin: float | None = None, vmax: float | None = None,
+    surfaces: Sequence,
+    *,
+    value: str = "loss",
+    log: bool = False,
+    num_levels: int = 30,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> ColorScale:
     """One colour scale spanning the finite values of all ``surfaces``.
 
@@ -97,7 +102,9 @@ def _new_figure(projection: str | None = None, figsize=(5.0, 4.0)):
 
 def _require_2d(surf, kind: str) -> None:
     if surf.ycoordinates is None:
-        raise SpecError(f"{kind} needs a 2-D surface; {surf.path or 'this'} is a 1-D line (use kind 1d)")
+        raise SpecError(
+            f"{kind} needs a 2-D surface; {surf.path or 'this'} is a 1-D line (use kind 1d)"
+        )
 
 
 def _title(surf) -> str:
@@ -106,8 +113,16 @@ def _title(surf) -> str:
     return str(name)
 
 
-def plot_contour(surface, ax=None, *, value: str = "loss", log: bool = False,
-                 scale: ColorScale | None = None, labels: bool = True, cmap: str = "viridis"):
+def plot_contour(
+    surface,
+    ax=None,
+    *,
+    value: str = "loss",
+    log: bool = False,
+    scale: ColorScale | None = None,
+    labels: bool = True,
+    cmap: str = "viridis",
+):
     """Contour lines of ``value`` over ``(x, y)``; returns ``ax`` or a new Figure."""
     surf = _load(surface)
     _require_2d(surf, "contour")
@@ -125,8 +140,16 @@ def plot_contour(surface, ax=None, *, value: str = "loss", log: bool = False,
     return fig if fig is not None else ax
 
 
-def plot_contourf(surface, ax=None, *, value: str = "loss", log: bool = False,
-                  scale: ColorScale | None = None, colorbar: bool = True, cmap: str = "viridis"):
+def plot_contourf(
+    surface,
+    ax=None,
+    *,
+    value: str = "loss",
+    log: bool = False,
+    scale: ColorScale | None = None,
+    colorbar: bool = True,
+    cmap: str = "viridis",
+):
     """Filled contours (heat map) of ``value``; returns ``ax`` or a new Figure."""
     surf = _load(surface)
     _require_2d(surf, "contourf")
@@ -136,8 +159,14 @@ def plot_contourf(surface, ax=None, *, value: str = "loss", log: bool = False,
         fig, ax = _new_figure()
     X, Y = np.meshgrid(surf.xcoordinates, surf.ycoordinates)
     z = _values(surf, value)
-    cf = ax.contourf(X, Y, np.ma.clip(z, scale.vmin, scale.vmax), levels=scale.levels,
-                     norm=_norm(scale), cmap=cmap)
+    cf = ax.contourf(
+        X,
+        Y,
+        np.ma.clip(z, scale.vmin, scale.vmax),
+        levels=scale.levels,
+        norm=_norm(scale),
+        cmap=cmap,
+    )
     if colorbar:
         ax.figure.colorbar(cf, ax=ax, label=value)
     ax.set_xlabel("x")
@@ -146,8 +175,15 @@ def plot_contourf(surface, ax=None, *, value: str = "loss", log: bool = False,
     return fig if fig is not None else ax
 
 
-def plot_surface(surface, ax=None, *, value: str = "loss", log: bool = False,
-                 scale: ColorScale | None = None, cmap: str = "coolwarm"):
+def plot_surface(
+    surface,
+    ax=None,
+    *,
+    value: str = "loss",
+    log: bool = False,
+    scale: ColorScale | None = None,
+    cmap: str = "coolwarm",
+):
     """3-D surface of ``value`` (``ax`` must be a 3-D Axes); NaN cells are left out."""
     surf = _load(surface)
     _require_2d(surf, "surface")
@@ -159,16 +195,29 @@ def plot_surface(surface, ax=None, *, value: str = "loss", log: bool = False,
     z = _values(surf, value)
     z = np.ma.clip(z, scale.vmin, scale.vmax)
     zz = np.log10(z) if log else z
-    ax.plot_surface(X, Y, zz.filled(np.nan), cmap=cmap, norm=_norm(scale) if not log else None,
-                    linewidth=0, antialiased=False)
+    ax.plot_surface(
+        X,
+        Y,
+        zz.filled(np.nan),
+        cmap=cmap,
+        norm=_norm(scale) if not log else None,
+        linewidth=0,
+        antialiased=False,
+    )
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel(f"log10 {value}" if log else value)
     return fig if fig is not None else ax
 
 
-def plot_1d(surface, ax=None, *, log: bool = False, accuracy: bool = True,
-            ylim: tuple[float, float] | None = None):
+def plot_1d(
+    surface,
+    ax=None,
+    *,
+    log: bool = False,
+    accuracy: bool = True,
+    ylim: tuple[float, float] | None = None,
+):
     """Loss (left axis) and accuracy in percent (right axis) along a 1-D line."""
     surf = _load(surface)
     fig = None
@@ -200,10 +249,18 @@ def plot_1d(surface, ax=None, *, log: bool = False, accuracy: bool = True,
 _DRAW = {"contour": plot_contour, "contourf": plot_contourf, "surface": plot_surface}
 
 
-def plot_panel(surfaces: Sequence, *, kind: str = "contourf", value: str = "loss", log: bool = False,
-               ncols: int | None = None, titles: Sequence[str] | None = None,
-               vmin: float | None = None, vmax: float | None = None,
-               panel_size: tuple[float, float] = (3.2, 3.0)):
+def plot_panel(
+    surfaces: Sequence,
+    *,
+    kind: str = "contourf",
+    value: str = "loss",
+    log: bool = False,
+    ncols: int | None = None,
+    titles: Sequence[str] | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    panel_size: tuple[float, float] = (3.2, 3.0),
+):
     """Several surfaces side by side in one Figure, on one shared colour scale.
 
     ``ncols`` defaults to 3 for six files (the paper's 2x3 grid), else up to 4.
@@ -246,8 +303,14 @@ def plot_panel(surfaces: Sequence, *, kind: str = "contourf", value: str = "loss
     return fig
 
 
-def save_figure(fig, prefix: str | Path, *, formats: Sequence[str] = ("png", "pdf"),
-                size: tuple[int, int] | None = None, dpi: int = 150) -> list[Path]:
+def save_figure(
+    fig,
+    prefix: str | Path,
+    *,
+    formats: Sequence[str] = ("png", "pdf"),
+    size: tuple[int, int] | None = None,
+    dpi: int = 150,
+) -> list[Path]:
     """Write ``fig`` to ``<prefix>.<fmt>`` for each format; returns the paths.
 
     ``size=(width_px, height_px)`` sets the PNG's exact pixel size (the PDF gets the
@@ -277,8 +340,9 @@ def pdf_page_size(path: str | Path) -> tuple[float, float]:
     return x1 - x0, y1 - y0
 
 
-def export_vts(surface, path: str | Path, *, value: str = "loss", log: bool = False,
-               zmax: float | None = None) -> Path:
+def export_vts(
+    surface, path: str | Path, *, value: str = "loss", log: bool = False, zmax: float | None = None
+) -> Path:
     """Write the surface as a VTK structured grid (``.vts``) for ParaView, via pyevtk.
 
     Points are ``(x, y, z)`` with ``z = value`` (``log10`` with ``log``, clipped at
@@ -306,6 +370,11 @@ def export_vts(surface, path: str | Path, *, value: str = "loss", log: bool = Fa
     raw = np.asarray(getattr(surf, VALUES[value]), dtype=np.float64)
     path = Path(path)
     stem = str(path.with_suffix("")) if path.suffix == ".vts" else str(path)
-    written = gridToVTK(stem, to3(X), to3(Y), to3(height),
-                        pointData={value: to3(raw), "valid": to3(valid.astype(np.float64))})
+    written = gridToVTK(
+        stem,
+        to3(X),
+        to3(Y),
+        to3(height),
+        pointData={value: to3(raw), "valid": to3(valid.astype(np.float64))},
+    )
     return Path(written)

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from geomkit import plot  # noqa: E402
 from geomkit.errors import SpecError  # noqa: E402
-from geomkit.geometry.landscape import Landscape, compute_landscape, Grid, random_directions  # noqa: E402
+from geomkit.geometry.landscape import Grid, Landscape, compute_landscape, random_directions  # noqa: E402
 from tests.cases import make_case  # noqa: E402
 
 
@@ -53,10 +53,14 @@ def test_2d_kinds_render_to_requested_size(tmp_path, kind, log):
 
 
 def test_1d_curve_and_row_of_a_2d_file(tmp_path):
-    _check(plot.save_figure(plot.plot_1d(_line(), log=True), tmp_path / "a", size=(300, 200), dpi=100),
-           (300, 200))
-    _check(plot.save_figure(plot.plot_1d(_surface()), tmp_path / "b", size=(300, 200), dpi=100),
-           (300, 200))
+    _check(
+        plot.save_figure(plot.plot_1d(_line(), log=True), tmp_path / "a", size=(300, 200), dpi=100),
+        (300, 200),
+    )
+    _check(
+        plot.save_figure(plot.plot_1d(_surface()), tmp_path / "b", size=(300, 200), dpi=100),
+        (300, 200),
+    )
 
 
 def test_takes_an_axes_and_returns_it():
@@ -90,8 +94,13 @@ def test_reads_files_and_refuses_bad_input(tmp_path):
     case = make_case("mlp")
     dirs = random_directions(case.model, 2, seed=0)
     path = tmp_path / "s.h5"
-    compute_landscape(path, case.model, case.inputs, case.targets, dirs, Grid((-1, 1, 4), (-1, 1, 3)))
-    _check(plot.save_figure(plot.plot_contour(path), tmp_path / "c", size=(200, 200), dpi=100), (200, 200))
+    compute_landscape(
+        path, case.model, case.inputs, case.targets, dirs, Grid((-1, 1, 4), (-1, 1, 3))
+    )
+    _check(
+        plot.save_figure(plot.plot_contour(path), tmp_path / "c", size=(200, 200), dpi=100),
+        (200, 200),
+    )
     with pytest.raises(SpecError):
         plot.plot_contour(_line())
     with pytest.raises(SpecError):

@@ -28,12 +28,24 @@ def _plain_provenance():
 
 def _ckpt(path, seed=0):
     torch.manual_seed(seed)
-    model = build("vit", image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8,
-                  depth=1, num_heads=2)
+    model = build(
+        "vit",
+        image_size=8,
+        patch_size=4,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=8,
+        depth=1,
+        num_heads=2,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("geomkit.checkpoint.provenance", _plain_provenance)
-        return save_checkpoint(path, model, config={"optimizer": "sgd", "seed": seed},
-                               data_spec=DataSpec(source="digits"))
+        return save_checkpoint(
+            path,
+            model,
+            config={"optimizer": "sgd", "seed": seed},
+            data_spec=DataSpec(source="digits"),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +71,9 @@ def test_landscape_json_resume_and_plot(ckpts, tmp_path, capsys):
     with h5py.File(out, "r") as f:
         assert f.attrs["checkpoint"] == str(a.resolve()) and len(f.attrs["checkpoint_sha256"]) == 64
     # the same command again: nothing to do, same numbers; --resume accepted
-    rc, text2, _ = _run(capsys, ["landscape", str(a), *ARGS, "--out", str(out), "--json", "--resume"])
+    rc, text2, _ = _run(
+        capsys, ["landscape", str(a), *ARGS, "--out", str(out), "--json", "--resume"]
+    )
     assert rc == 0 and json.loads(text2)["center_loss"] == res["center_loss"]
     rc, table, _ = _run(capsys, ["plot", str(out), "--out", str(tmp_path / "fig"), "--vtk"])
     assert rc == 0
@@ -67,16 +81,45 @@ def test_landscape_json_resume_and_plot(ckpts, tmp_path, capsys):
         assert (tmp_path / f"fig_{kind}.png").stat().st_size > 0
         assert (tmp_path / f"fig_{kind}.pdf").read_bytes().startswith(b"%PDF")
     assert (tmp_path / "fig_s.vts").exists()
-    rc, text, _ = _run(capsys, ["plot", str(out), str(out), "--kind", "contourf", "--log",
-                                "--out", str(tmp_path / "two"), "--json", "--format", "png"])
+    rc, text, _ = _run(
+        capsys,
+        [
+            "plot",
+            str(out),
+            str(out),
+            "--kind",
+            "contourf",
+            "--log",
+            "--out",
+            str(tmp_path / "two"),
+            "--json",
+            "--format",
+            "png",
+        ],
+    )
     assert rc == 0 and json.loads(text)["files"] == [str(tmp_path / "two_contourf.png")]
 
 
 def test_interpolation_line_and_shards(ckpts, tmp_path, capsys):
     a, b = ckpts
     line = tmp_path / "line.h5"
-    rc, text, err = _run(capsys, ["landscape", str(a), "--dir", str(b), "--x", "0:1:3", "--samples", "16",
-                                  "--out", str(line), "--json", "--no-progress"])
+    rc, text, err = _run(
+        capsys,
+        [
+            "landscape",
+            str(a),
+            "--dir",
+            str(b),
+            "--x",
+            "0:1:3",
+            "--samples",
+            "16",
+            "--out",
+            str(line),
+            "--json",
+            "--no-progress",
+        ],
+    )
     assert rc == 0, err
     surf = read_landscape(line)
     assert surf.ycoordinates is None and surf.loss.shape == (3,)
@@ -85,9 +128,13 @@ def test_interpolation_line_and_shards(ckpts, tmp_path, capsys):
     assert rc == 0 and (tmp_path / "l_1d.png").exists()
     shards = [tmp_path / f"p{i}.h5" for i in range(2)]
     for i, s in enumerate(shards):
-        assert _run(capsys, ["landscape", str(a), *ARGS, "--shard", f"{i}/2", "--out", str(s)])[0] == 0
+        assert (
+            _run(capsys, ["landscape", str(a), *ARGS, "--shard", f"{i}/2", "--out", str(s)])[0] == 0
+        )
     whole = tmp_path / "whole.h5"
-    rc, text, _ = _run(capsys, ["landscape-merge", *map(str, shards), "--out", str(whole), "--json"])
+    rc, text, _ = _run(
+        capsys, ["landscape-merge", *map(str, shards), "--out", str(whole), "--json"]
+    )
     assert rc == 0 and json.loads(text)["complete"]
     single = tmp_path / "single.h5"
     assert _run(capsys, ["landscape", str(a), *ARGS, "--out", str(single)])[0] == 0
@@ -105,13 +152,17 @@ def test_interpolation_line_and_shards(ckpts, tmp_path, capsys):
     ],
 )
 def test_bad_input_exits_2_with_one_line(ckpts, tmp_path, capsys, argv, fragment):
-    rc, out, err = _run(capsys, ["landscape", str(ckpts[0]), *ARGS, *argv, "--out", str(tmp_path / "o.h5")])
+    rc, out, err = _run(
+        capsys, ["landscape", str(ckpts[0]), *ARGS, *argv, "--out", str(tmp_path / "o.h5")]
+    )
     assert rc == 2 and out == ""
     assert err.startswith("geomkit: error:") and err.count("\n") == 1 and fragment in err
 
 
 def test_missing_checkpoint_and_spec_mismatch_exit_2(ckpts, tmp_path, capsys):
-    rc, _, err = _run(capsys, ["landscape", str(tmp_path / "none.pt"), *ARGS, "--out", str(tmp_path / "o.h5")])
+    rc, _, err = _run(
+        capsys, ["landscape", str(tmp_path / "none.pt"), *ARGS, "--out", str(tmp_path / "o.h5")]
+    )
     assert rc == 2 and "no such checkpoint" in err and err.count("\n") == 1
     out = tmp_path / "s.h5"
     assert _run(capsys, ["landscape", str(ckpts[0]), *ARGS, "--out", str(out)])[0] == 0

@@ -58,7 +58,10 @@ def test_filter_normalization_oracle_per_filter_loop():
     case = make_case("cnn_bn")
     weights = {k: p.detach() for k, p in case.model.named_parameters()}
     g = torch.Generator().manual_seed(5)
-    raw = {k: torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.dtype) for k, w in weights.items()}
+    raw = {
+        k: torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.dtype)
+        for k, w in weights.items()
+    }
     got = normalize_direction(raw, weights, norm="filter", ignore="biasbn")
     for k, r in raw.items():
         want = torch.zeros_like(r)
@@ -135,9 +138,11 @@ def _oracle(model, inputs, targets, dirs, coeffs):
     m = copy.deepcopy(model).eval()
     with torch.no_grad():
         for k, p in m.named_parameters():
-            p.add_(sum(c * d[k] for c, d in zip(coeffs, dirs)))
+            p.add_(sum(c * d[k] for c, d in zip(coeffs, dirs, strict=True)))
         out = m(inputs)
-    return F.cross_entropy(out, targets).item(), 100.0 * (out.argmax(1) == targets).double().mean().item()
+    return F.cross_entropy(out, targets).item(), 100.0 * (
+        out.argmax(1) == targets
+    ).double().mean().item()
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -182,8 +187,14 @@ def test_weights_restored_on_error():
             raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        evaluate_points(case.model, case.inputs, case.targets, dirs,
-                        Grid((-1, 1, 3), (-1, 1, 3)).coords(), callback=boom)
+        evaluate_points(
+            case.model,
+            case.inputs,
+            case.targets,
+            dirs,
+            Grid((-1, 1, 3), (-1, 1, 3)).coords(),
+            callback=boom,
+        )
     _assert_same_state(case.model, saved)
 
 
@@ -193,7 +204,11 @@ def test_non_finite_losses_are_stored():
     huge = {k: v * 1e308 for k, v in d.items()}
     surf = loss_landscape(case.model, case.inputs, case.targets, [huge], Grid((-10, 10, 3)))
     assert surf.loss.shape == (3,)
-    assert np.isfinite(surf.loss[1]) and not np.isfinite(surf.loss[0]) and not np.isfinite(surf.loss[2])
+    assert (
+        np.isfinite(surf.loss[1])
+        and not np.isfinite(surf.loss[0])
+        and not np.isfinite(surf.loss[2])
+    )
 
 
 def test_vmap_path_matches_loop():
@@ -201,7 +216,9 @@ def test_vmap_path_matches_loop():
     dirs = random_directions(case.model, 2, seed=0)
     g = Grid((-1, 1, 3), (-1, 1, 3))
     loop = loss_landscape(case.model, case.inputs, case.targets, dirs, g, batch_size=4)
-    vm = loss_landscape(case.model, case.inputs, case.targets, dirs, g, batch_size=4, points_per_call=4)
+    vm = loss_landscape(
+        case.model, case.inputs, case.targets, dirs, g, batch_size=4, points_per_call=4
+    )
     np.testing.assert_allclose(vm.loss, loop.loss, rtol=1e-10)
     np.testing.assert_array_equal(vm.acc, loop.acc)
 
@@ -219,7 +236,9 @@ def test_grid_spec_and_errors():
     with pytest.raises(SpecError):
         loss_landscape(case.model, case.inputs, case.targets, [{}], Grid((-1, 1, 3), (-1, 1, 3)))
     with pytest.raises(SpecError):
-        loss_landscape(case.model, case.inputs, case.targets, [{"nope": torch.ones(1)}], Grid((-1, 1, 3)))
+        loss_landscape(
+            case.model, case.inputs, case.targets, [{"nope": torch.ones(1)}], Grid((-1, 1, 3))
+        )
 
 
 def test_hessian_directions_are_the_dense_top_eigenvectors():
@@ -236,7 +255,7 @@ def test_hessian_directions_are_the_dense_top_eigenvectors():
 
     def loss(v):
         ps, i = {}, 0
-        for n, s in zip(names, shapes):
+        for n, s in zip(names, shapes, strict=True):
             ps[n] = v[i : i + s.numel()].view(s)
             i += s.numel()
         return F.cross_entropy(functional_call(case.model, ps, (case.inputs,)), case.targets)

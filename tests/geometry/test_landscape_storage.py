@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import h5py
@@ -48,8 +47,17 @@ def _count_forwards(model):
 def test_file_layout_reference_names_scales_and_attrs(tmp_path):
     case, dirs = _case()
     path = tmp_path / "surf.h5"
-    res = compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC,
-                            attrs={"checkpoint": "/x/ckpt.pt"}, batch_size=8)
+    res = compute_landscape(
+        path,
+        case.model,
+        case.inputs,
+        case.targets,
+        dirs,
+        GRID,
+        spec=SPEC,
+        attrs={"checkpoint": "/x/ckpt.pt"},
+        batch_size=8,
+    )
     mem = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID, batch_size=8)
     np.testing.assert_array_equal(res.loss, mem.loss)
     with h5py.File(path, "r") as f:
@@ -68,7 +76,13 @@ def test_file_layout_reference_names_scales_and_attrs(tmp_path):
         assert a["checkpoint"] == "/x/ckpt.pt" and a["checkpoint_sha256"] == "abc"
         assert a["x"] == "-1:1:5" and a["y"] == "-1:1:4" and a["seed"] == 0
         assert a["norm"] == "filter" and a["ignore"] == "biasbn"
-        for k in ("geomkit_version", "torch_version", "compute_seconds", "points_per_s", "cosine_xy"):
+        for k in (
+            "geomkit_version",
+            "torch_version",
+            "compute_seconds",
+            "points_per_s",
+            "cosine_xy",
+        ):
             assert k in a
     assert not (tmp_path / "surf.h5.tmp").exists()
     back = read_directions(path)
@@ -77,8 +91,15 @@ def test_file_layout_reference_names_scales_and_attrs(tmp_path):
 
 def test_one_dimensional_file(tmp_path):
     case, dirs = _case()
-    res = compute_landscape(tmp_path / "line.h5", case.model, case.inputs, case.targets, dirs[:1],
-                            Grid((-1, 1, 7)), spec=SPEC)
+    res = compute_landscape(
+        tmp_path / "line.h5",
+        case.model,
+        case.inputs,
+        case.targets,
+        dirs[:1],
+        Grid((-1, 1, 7)),
+        spec=SPEC,
+    )
     with h5py.File(tmp_path / "line.h5", "r") as f:
         assert "ycoordinates" not in f and "directions/y" not in f
         assert f["train_loss"].shape == (7,) and f["train_loss"].dims[0][0].name == "/xcoordinates"
@@ -96,15 +117,32 @@ def test_resume_never_recomputes_a_finished_point(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC,
-                          flush_interval=0, callback=stop_after_7)
+        compute_landscape(
+            path,
+            case.model,
+            case.inputs,
+            case.targets,
+            dirs,
+            GRID,
+            spec=SPEC,
+            flush_interval=0,
+            callback=stop_after_7,
+        )
     part = read_landscape(path)
     assert part.done.sum() == 7 and not part.complete
     assert np.isnan(part.loss[~part.done]).all()
     calls, h = _count_forwards(case.model)
     try:  # resumed without --resume: the same command continues the file
-        res = compute_landscape(path, case.model, case.inputs, case.targets, lambda: 1 / 0, GRID,
-                                spec=SPEC, batch_size=16)
+        res = compute_landscape(
+            path,
+            case.model,
+            case.inputs,
+            case.targets,
+            lambda: 1 / 0,
+            GRID,
+            spec=SPEC,
+            batch_size=16,
+        )
     finally:
         h.remove()
     assert len(calls) == GRID.size - 7  # one batch per point, only the missing points
@@ -112,7 +150,9 @@ def test_resume_never_recomputes_a_finished_point(tmp_path):
     np.testing.assert_array_equal(res.loss, full.loss)
     np.testing.assert_array_equal(res.acc, full.acc)
     calls, h = _count_forwards(case.model)
-    compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, resume=True)
+    compute_landscape(
+        path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, resume=True
+    )
     h.remove()
     assert calls == []  # a finished file is not recomputed
 
@@ -122,30 +162,49 @@ def test_mismatched_spec_is_refused_and_file_untouched(tmp_path):
     path = tmp_path / "surf.h5"
     compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
     before = path.read_bytes()
-    for spec, grid in (({**SPEC, "seed": 1}, GRID), ({**SPEC, "checkpoint_sha256": "def"}, GRID),
-                       (SPEC, Grid((-1, 1, 5), (-1, 1, 5))), ({**SPEC, "norm": "layer"}, GRID)):
+    for spec, grid in (
+        ({**SPEC, "seed": 1}, GRID),
+        ({**SPEC, "checkpoint_sha256": "def"}, GRID),
+        (SPEC, Grid((-1, 1, 5), (-1, 1, 5))),
+        ({**SPEC, "norm": "layer"}, GRID),
+    ):
         with pytest.raises(ResultFileError) as e:
             compute_landscape(path, case.model, case.inputs, case.targets, dirs, grid, spec=spec)
         assert "\n" not in str(e.value) and "another spec" in str(e.value)
     with pytest.raises(ResultFileError, match="shard"):
-        compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, shard=(0, 2))
+        compute_landscape(
+            path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, shard=(0, 2)
+        )
     assert path.read_bytes() == before
     with pytest.raises(ResultFileError, match="nothing to resume"):
-        compute_landscape(tmp_path / "new.h5", case.model, case.inputs, case.targets, dirs, GRID,
-                          spec=SPEC, resume=True)
+        compute_landscape(
+            tmp_path / "new.h5",
+            case.model,
+            case.inputs,
+            case.targets,
+            dirs,
+            GRID,
+            spec=SPEC,
+            resume=True,
+        )
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ResultFileError):
-        compute_landscape(tmp_path / "junk.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+        compute_landscape(
+            tmp_path / "junk.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC
+        )
 
 
 def test_shards_merge_to_the_single_run(tmp_path):
     case, dirs = _case()
-    single = compute_landscape(tmp_path / "one.h5", case.model, case.inputs, case.targets, dirs, GRID,
-                               spec=SPEC)
+    single = compute_landscape(
+        tmp_path / "one.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC
+    )
     parts = []
     for i in range(3):
         p = shard_path(tmp_path / "surf.h5", i, 3)
-        r = compute_landscape(p, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, shard=(i, 3))
+        r = compute_landscape(
+            p, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, shard=(i, 3)
+        )
         assert 0 < r.done.sum() < GRID.size
         parts.append(p)
     assert parts[1].name == "surf.shard1of3.h5"
@@ -157,12 +216,22 @@ def test_shards_merge_to_the_single_run(tmp_path):
     assert merged.complete and merged.attrs["shard"] == "0/1"
     # the merged file is what the unsharded command would have written: it resumes as complete
     calls, h = _count_forwards(case.model)
-    compute_landscape(tmp_path / "surf.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+    compute_landscape(
+        tmp_path / "surf.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC
+    )
     h.remove()
     assert calls == []
     other = tmp_path / "other.h5"
-    compute_landscape(other, case.model, case.inputs, case.targets, dirs, GRID, spec={**SPEC, "seed": 9},
-                      shard=(2, 3))
+    compute_landscape(
+        other,
+        case.model,
+        case.inputs,
+        case.targets,
+        dirs,
+        GRID,
+        spec={**SPEC, "seed": 9},
+        shard=(2, 3),
+    )
     with pytest.raises(ResultFileError, match="not shards of one run"):
         merge_shards(parts[:2] + [other], tmp_path / "m.h5")
     assert parse_shard("1/4") == (1, 4)
@@ -181,7 +250,8 @@ dirs = random_directions(case.model, 2, seed=0)
 case.model.register_forward_pre_hook(lambda *a: time.sleep(0.05))
 def report(done, total):
     print(done, flush=True)
-compute_landscape({path!r}, case.model, case.inputs, case.targets, dirs, Grid((-1.0, 1.0, 5), (-1.0, 1.0, 4)),
+grid = Grid((-1.0, 1.0, 5), (-1.0, 1.0, 4))
+compute_landscape({path!r}, case.model, case.inputs, case.targets, dirs, grid,
                   spec={spec!r}, flush_interval=0, callback=report)
 """
 
@@ -218,7 +288,8 @@ from geomkit.geometry.landscape import Grid, compute_landscape, random_direction
 from tests.cases import make_case
 case = make_case("cnn_bn", n=16)
 dirs = random_directions(case.model, 2, seed=0)
-compute_landscape({path!r}, case.model, case.inputs, case.targets, dirs, Grid((-1.0, 1.0, 5), (-1.0, 1.0, 4)),
+grid = Grid((-1.0, 1.0, 5), (-1.0, 1.0, 4))
+compute_landscape({path!r}, case.model, case.inputs, case.targets, dirs, grid,
                   spec={spec!r})
 import torch.distributed as dist
 dist.destroy_process_group()
@@ -239,9 +310,20 @@ def test_two_processes_give_the_single_process_surface(tmp_path):
     script.write_text(_DIST_SCRIPT.format(root=str(ROOT), path=str(path), spec=SPEC))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)],
-        capture_output=True, text=True, timeout=180, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert shard_path(path, 0, 2).exists() and shard_path(path, 1, 2).exists()

@@ -71,7 +71,9 @@ def normalize_direction(
     for name, d in direction.items():
         w = weights[name].to(d.dtype)
         if d.shape != w.shape:
-            raise SpecError(f"direction {name!r} has shape {tuple(d.shape)}, weights {tuple(w.shape)}")
+            raise SpecError(
+                f"direction {name!r} has shape {tuple(d.shape)}, weights {tuple(w.shape)}"
+            )
         d = d.clone()
         if d.dim() <= 1:
             if ignore == "biasbn":
@@ -168,13 +170,16 @@ def hessian_directions(
     """
     from geomkit.geometry import hessian
 
-    res = hessian.hessian_eigs(model, inputs, targets, blocks=("whole",), top_k=k,
-                               return_vectors=True, **options)
+    res = hessian.hessian_eigs(
+        model, inputs, targets, blocks=("whole",), top_k=k, return_vectors=True, **options
+    )
     block = res.blocks["whole"]
     names = res.params["whole"]
     if block.vectors is None or len(block.vectors) < k:
-        raise ValueError(f"hessian_eigs returned {0 if block.vectors is None else len(block.vectors)} "
-                         f"eigenvectors, {k} needed")
+        raise ValueError(
+            f"hessian_eigs returned {0 if block.vectors is None else len(block.vectors)} "
+            f"eigenvectors, {k} needed"
+        )
     return [_split_flat(model, names, block.vectors[i]) for i in range(k)]
 
 

@@ -61,7 +61,11 @@ class Grid:
             if r is None:
                 continue
             lo, hi, num = r
-            if not (math.isfinite(lo) and math.isfinite(hi)) or int(num) < 1 or (num > 1 and hi <= lo):
+            if (
+                not (math.isfinite(lo) and math.isfinite(hi))
+                or int(num) < 1
+                or (num > 1 and hi <= lo)
+            ):
                 raise SpecError(f"grid {name} needs finite MIN < MAX and NUM >= 1, got {r}")
 
     @staticmethod
@@ -181,7 +185,11 @@ def auto_batch_size(
 
 
 def _prepare_batches(model, inputs, targets, batch_size, device, dtype):
-    bs = auto_batch_size(model, inputs, device=device, dtype=dtype) if batch_size is None else int(batch_size)
+    bs = (
+        auto_batch_size(model, inputs, device=device, dtype=dtype)
+        if batch_size is None
+        else int(batch_size)
+    )
     return list(iter_batches(inputs, targets, bs, device=device, dtype=dtype, shard=False))
 
 
@@ -259,7 +267,9 @@ class _Perturber:
             ds = []
             for d in directions:
                 t = d.get(name)
-                ds.append(None if t is None or not bool(torch.any(t != 0)) else t.to(p.device, p.dtype))
+                ds.append(
+                    None if t is None or not bool(torch.any(t != 0)) else t.to(p.device, p.dtype)
+                )
             if all(t is None for t in ds):
                 continue
             self.entries.append((p.data, p.detach().clone(), ds))
@@ -268,7 +278,7 @@ class _Perturber:
         with torch.no_grad():
             for p, theta, ds in self.entries:
                 first = True
-                for c, d in zip(coeffs, ds):
+                for c, d in zip(coeffs, ds, strict=True):
                     if d is None or c == 0.0:
                         continue
                     if first:
@@ -411,9 +421,16 @@ def loss_landscape(
         raise SpecError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, got {len(directions)}")
     t0 = time.perf_counter()
     loss, acc = evaluate_points(
-        model, inputs, targets, directions, grid.coords(),
-        batch_size=batch_size, device=device, dtype=dtype,
-        points_per_call=points_per_call, progress=progress,
+        model,
+        inputs,
+        targets,
+        directions,
+        grid.coords(),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        points_per_call=points_per_call,
+        progress=progress,
     )
     return Landscape(
         xcoordinates=grid.xcoordinates,

@@ -91,8 +91,9 @@ def landscape_from_checkpoint(
         dir_spec = "hessian"
 
         def make():
-            return hessian_directions(model, inputs, targets, k=grid.ndim, seed=seed,
-                                      batch_size=batch_size, device=device)
+            return hessian_directions(
+                model, inputs, targets, k=grid.ndim, seed=seed, batch_size=batch_size, device=device
+            )
     else:
         if not Path(direction).exists():
             raise CheckpointError(
@@ -130,9 +131,21 @@ def landscape_from_checkpoint(
     if dir_spec.startswith("checkpoint:"):
         attrs["dir_checkpoint"] = str(Path(direction).resolve())
     return compute_landscape(
-        out, model, inputs, targets, make, grid, spec=spec, attrs=attrs, shard=shard,
-        resume=resume, batch_size=batch_size, device=device, dtype=dtype,
-        flush_interval=flush_interval, progress=progress,
+        out,
+        model,
+        inputs,
+        targets,
+        make,
+        grid,
+        spec=spec,
+        attrs=attrs,
+        shard=shard,
+        resume=resume,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        flush_interval=flush_interval,
+        progress=progress,
     )
 
 

@@ -97,7 +97,9 @@ def _open(path: Path, mode: str) -> h5py.File:
     try:
         return h5py.File(path, mode)
     except OSError as e:
-        raise ResultFileError(f"cannot open {path} as HDF5 ({e}); delete it or choose another --out") from None
+        raise ResultFileError(
+            f"cannot open {path} as HDF5 ({e}); delete it or choose another --out"
+        ) from None
 
 
 def _read_spec(f: h5py.File, path: Path) -> dict:
@@ -107,8 +109,13 @@ def _read_spec(f: h5py.File, path: Path) -> dict:
 
 
 def _create(
-    path: Path, grid: Grid, spec: dict, shard: tuple[int, int], directions: Sequence[Direction],
-    attrs: dict, values: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    path: Path,
+    grid: Grid,
+    spec: dict,
+    shard: tuple[int, int],
+    directions: Sequence[Direction],
+    attrs: dict,
+    values: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,18 +146,23 @@ def _create(
             ys.make_scale("ycoordinates")
             scales = [ys, xs]
         if values is None:
-            values = (np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
-                      np.zeros(grid.shape, dtype=bool))
-        for name, dt, fill, val in (("train_loss", "f8", np.nan, values[0]),
-                                    ("train_acc", "f8", np.nan, values[1]),
-                                    ("done", bool, False, values[2])):
+            values = (
+                np.full(grid.shape, np.nan),
+                np.full(grid.shape, np.nan),
+                np.zeros(grid.shape, dtype=bool),
+            )
+        for name, dt, fill, val in (
+            ("train_loss", "f8", np.nan, values[0]),
+            ("train_acc", "f8", np.nan, values[1]),
+            ("done", bool, False, values[2]),
+        ):
             ds = f.create_dataset(name, shape=grid.shape, dtype=dt, fillvalue=fill)
             ds[...] = np.asarray(val, dtype=dt).reshape(grid.shape)  # allocated now
             for axis, sc in enumerate(scales):
                 ds.dims[axis].attach_scale(sc)
                 ds.dims[axis].label = "y" if (grid.ndim == 2 and axis == 0) else "x"
         g = f.create_group("directions")
-        for axis, d in zip(AXES, directions):
+        for axis, d in zip(AXES, directions, strict=False):
             ga = g.create_group(axis)
             for name, t in d.items():
                 ga.create_dataset(name, data=t.detach().cpu().numpy())
@@ -183,8 +195,16 @@ def read_landscape(path: str | Path) -> Landscape:
         acc = f["train_acc"][...] if "train_acc" in f else np.full(loss.shape, np.nan)
         done = f["done"][...].astype(bool) if "done" in f else np.isfinite(loss)
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-    return Landscape(x, y, loss, acc, done, attrs=attrs, seconds=float(attrs.get("compute_seconds", 0.0)),
-                     path=str(path))
+    return Landscape(
+        x,
+        y,
+        loss,
+        acc,
+        done,
+        attrs=attrs,
+        seconds=float(attrs.get("compute_seconds", 0.0)),
+        path=str(path),
+    )
 
 
 class _Writer:
@@ -280,10 +300,23 @@ def compute_landscape(
         if w > 1:
             mine = shard_path(path, r, w)
             part = compute_landscape(
-                mine, model, inputs, targets, directions, grid, spec=spec, attrs=attrs,
-                shard=(r, w), resume=resume, batch_size=batch_size, device=device, dtype=dtype,
-                points_per_call=points_per_call, flush_interval=flush_interval,
-                progress=progress and r == 0, callback=callback,
+                mine,
+                model,
+                inputs,
+                targets,
+                directions,
+                grid,
+                spec=spec,
+                attrs=attrs,
+                shard=(r, w),
+                resume=resume,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                points_per_call=points_per_call,
+                flush_interval=flush_interval,
+                progress=progress and r == 0,
+                callback=callback,
             )
             distributed.barrier()
             if r == 0:
@@ -325,15 +358,31 @@ def compute_landscape(
         writer = _Writer(path, todo, grid.shape, flush_interval, callback)
         try:
             evaluate_points(
-                model, inputs, targets, dirs, grid.coords(todo), batch_size=batch_size,
-                device=device, dtype=dtype, points_per_call=points_per_call,
-                progress=progress, callback=writer,
+                model,
+                inputs,
+                targets,
+                dirs,
+                grid.coords(todo),
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                points_per_call=points_per_call,
+                progress=progress,
+                callback=writer,
             )
         finally:
             writer.flush()
     res = read_landscape(path)
-    return Landscape(res.xcoordinates, res.ycoordinates, res.loss, res.acc, res.done, res.attrs,
-                     seconds=time.perf_counter() - t0, path=str(path))
+    return Landscape(
+        res.xcoordinates,
+        res.ycoordinates,
+        res.loss,
+        res.acc,
+        res.done,
+        res.attrs,
+        seconds=time.perf_counter() - t0,
+        path=str(path),
+    )
 
 
 def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
@@ -358,7 +407,9 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
     p0, spec0, _, n0, dsha0 = metas[0]
     for p, spec, _, n, dsha in metas[1:]:
         if spec != spec0:
-            raise ResultFileError(f"{p} and {p0} differ ({_describe_mismatch(spec0, spec)}); not shards of one run")
+            raise ResultFileError(
+                f"{p} and {p0} differ ({_describe_mismatch(spec0, spec)}); not shards of one run"
+            )
         if n != n0:
             raise ResultFileError(f"{p} is a shard of {n}, {p0} of {n0}; not shards of one run")
         if dsha != dsha0:
@@ -381,7 +432,9 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
         r = np.array(shard_indices(size, i, n0), dtype=np.int64)
         part = parts[i]
         if not part.done.reshape(-1)[r].all():
-            raise ResultFileError(f"shard {i}/{n0} ({part.path}) is unfinished; rerun its command first")
+            raise ResultFileError(
+                f"shard {i}/{n0} ({part.path}) is unfinished; rerun its command first"
+            )
         loss[r] = part.loss.reshape(-1)[r]
         acc[r] = part.acc.reshape(-1)[r]
         done[r] = True
@@ -394,8 +447,10 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
         with _open(out, "r") as f:
             old = _read_spec(f, out)
         if old != spec0:
-            raise ResultFileError(f"{out} holds another computation ({_describe_mismatch(old, spec0)}); "
-                                  "choose another --out")
+            raise ResultFileError(
+                f"{out} holds another computation ({_describe_mismatch(old, spec0)}); "
+                "choose another --out"
+            )
     extra["compute_seconds"] = seconds
     extra["points_per_s"] = size / seconds if seconds > 0 else 0.0
     extra["merged_from"] = json.dumps([str(p) for p, *_ in metas])
