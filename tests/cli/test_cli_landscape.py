@@ -18,14 +18,6 @@ from geomkit.models import build
 ARGS = ["--x", "-1:1:3", "--y", "-1:1:3", "--samples", "32", "--no-progress"]
 
 
-def _plain_provenance():
-    # provenance() returned torch.__version__ (a TorchVersion, which weights_only loading
-    # refuses) at the time of writing; plain strings keep this test about landscapes.
-    from geomkit.provenance import provenance
-
-    return {k: (str(v) if isinstance(v, str) else v) for k, v in provenance().items()}
-
-
 def _ckpt(path, seed=0):
     torch.manual_seed(seed)
     model = build(
@@ -38,14 +30,12 @@ def _ckpt(path, seed=0):
         depth=1,
         num_heads=2,
     )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("geomkit.checkpoint.provenance", _plain_provenance)
-        return save_checkpoint(
-            path,
-            model,
-            config={"optimizer": "sgd", "seed": seed},
-            data_spec=DataSpec(source="digits"),
-        )
+    return save_checkpoint(
+        path,
+        model,
+        config={"optimizer": "sgd", "seed": seed},
+        data_spec=DataSpec(source="digits"),
+    )
 
 
 @pytest.fixture(scope="module")
