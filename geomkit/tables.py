@@ -1,0 +1,409 @@
+r"""The paper's Table 1 and Table 3 assembled from a results file, as md / csv / tex / json.
+
+Table 1 (geometry and accuracy) has one **column per checkpoint**, labelled
+``model/optimizer``; rows: #Params, NTK κ at initialization, Hessian λ_max, top-1 and
+"-C" accuracy (%).  Table 3 (λ_max of the diagonal Hessian blocks, ‖w‖₂, ‖a_k‖₂) has, as
+in the paper, one **row per checkpoint**; columns: Embedding, MSA / Token MLP, MLP /
+Channel MLP, Block1, Block mid, Block last, Whole, ‖w‖₂, ‖a_1‖₂, ‖a_mid‖₂, ‖a_last‖₂,
+where *mid* and *last* are blocks 6 and 12 of a 12-block model and
+:math:`(d + 1) // 2` and :math:`d` of a :math:`d`-block one.  :meth:`Table.transposed`
+flips either.
+
+``with_paper=True`` adds the paper's own numbers side by side, read from the copy of
+``reference/paper_tables.md`` shipped in the package (:func:`paper_tables`; never typed
+twice).  Missing values render as ``–``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from geomkit.errors import ResultFileError, SpecError
+from geomkit.results import CheckpointRecord, Results, load_results
+
+__all__ = ["FORMATS", "PaperTable", "Table", "paper_tables", "render", "table1", "table3",
+           "make_table"]
+
+FORMATS = ("md", "csv", "tex", "json")
+_DASH = "–"
+
+#: Table-1 rows: key, label, display kind.
+T1_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("params", "#Params", "params"),
+    ("kappa", "NTK κ (at init)", "num"),
+    ("lambda_max", "Hessian λ_max", "num"),
+    ("top1", "Top-1 (%)", "pct"),
+    ("top1_c", "-C (%)", "pct"),
+)
+#: Table-3 columns: key, label.
+T3_COLS: tuple[tuple[str, str], ...] = (
+    ("embedding", "Embedding"),
+    ("attn", "MSA / Token MLP"),
+    ("mlp", "MLP / Channel MLP"),
+    ("block_first", "Block1"),
+    ("block_mid", "Block mid"),
+    ("block_last", "Block last"),
+    ("whole", "Whole"),
+    ("w", "‖w‖₂"),
+    ("a_first", "‖a_1‖₂"),
+    ("a_mid", "‖a_mid‖₂"),
+    ("a_last", "‖a_last‖₂"),
+)
+
+
+# -- the paper's numbers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """A markdown table of ``paper_tables.md``: header and rows of parsed cells."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+def _cell(text: str) -> Any:
+    t = text.strip()
+    if t in ("", "–", "-", "—"):
+        return None
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def _parse_md_table(lines: list[str]) -> PaperTable:
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    header, body = rows[0], [r for r in rows[2:] if r]
+    return PaperTable(tuple(header), tuple((r[0], *(_cell(c) for c in r[1:])) for r in body))
+
+
+def paper_tables(path: str | Path | None = None) -> dict[int, PaperTable]:
+    """The numbered tables of the paper's reference file (default: the packaged copy).
+
+    Returns:
+        Table number → :class:`PaperTable` (the first pipe table after ``## Table <n>``).
+    """
+    if path is None:
+        text = resources.files("geomkit").joinpath("reference/paper_tables.md").read_text("utf-8")
+    else:
+        text = Path(path).read_text("utf-8")
+    out: dict[int, PaperTable] = {}
+    current: int | None = None
+    block: list[str] = []
+    for line in text.splitlines() + [""]:
+        m = re.match(r"^##\s+Table\s+(\d+)", line)
+        if m:
+            current, block = int(m.group(1)), []
+            continue
+        if current is not None and current not in out:
+            if line.lstrip().startswith("|"):
+                block.append(line)
+            elif block:
+                out[current] = _parse_md_table(block)
+                block = []
+    return out
+
+
+def _paper_t1_key(label: str) -> str | None:
+    low = label.lower()
+    if "param" in low:
+        return "params"
+    if "ntk" in low:
+        return "kappa"
+    if "hessian" in low:
+        return "lambda_max"
+    if low.endswith("-c (%)") or "-c" in low:
+        return "top1_c"
+    if "top-1" in low:
+        return "top1"
+    return None
+
+
+# -- the table object ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A rendered-ready table: labels, raw cell values, per-cell display kinds, notes.
+
+    ``cells[i][j]`` is a number, a string or None; ``kinds[i][j]`` is ``params``
+    (counts, shown as 136.1K / 87M), ``num``, ``pct`` (already in percent) or ``text``.
+    """
+
+    number: int
+    title: str
+    corner: str
+    row_labels: tuple[str, ...]
+    col_labels: tuple[str, ...]
+    cells: tuple[tuple[Any, ...], ...]
+    kinds: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+
+    def transposed(self) -> Table:
+        """Rows and columns swapped."""
+        return replace(
+            self,
+            row_labels=self.col_labels,
+            col_labels=self.row_labels,
+            cells=tuple(zip(*self.cells)) if self.cells else (),
+            kinds=tuple(zip(*self.kinds)) if self.kinds else (),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: title, columns, rows (label → {column: value}), notes."""
+        return {
+            "table": self.number,
+            "title": self.title,
+            "columns": list(self.col_labels),
+            "rows": [
+                {"label": r, "values": {c: _json_value(v) for c, v in zip(self.col_labels, row)}}
+                for r, row in zip(self.row_labels, self.cells)
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _fmt(v: Any, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return _DASH
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if kind == "params":
+        n = float(v)
+        if n >= 1e6:
+            return f"{n / 1e6:.1f}M"
+        if n >= 1e3:
+            return f"{n / 1e3:.1f}K"
+        return f"{int(n)}"
+    if kind == "pct":
+        return f"{float(v):.1f}"
+    a = abs(float(v))
+    if a >= 100:
+        return f"{float(v):.1f}"
+    if a >= 1:
+        return f"{float(v):.2f}"
+    return f"{float(v):.3g}"
+
+
+# -- assembly ------------------------------------------------------------------------------
+
+
+def _column_labels(records: tuple[CheckpointRecord, ...]) -> list[str]:
+    def base(r: CheckpointRecord) -> str:
+        run = str(r.config.get("label") or "")
+        opt = r.optimizer or "?"
+        tag = opt if run in ("", "vanilla", opt) else run
+        return f"{r.model}/{tag}"
+
+    labels = [base(r) for r in records]
+    return [
+        f"{lab} ({r.checkpoint_sha256[:6]})" if labels.count(lab) > 1 else lab
+        for lab, r in zip(labels, records)
+    ]
+
+
+def _load(results: Results | str | Path) -> Results:
+    return results if isinstance(results, Results) else load_results(results)
+
+
+def _t1_values(r: CheckpointRecord) -> dict[str, Any]:
+    pct = (lambda v: None if v is None else 100.0 * float(v))
+    return {
+        "params": r.get("params.num_params"),
+        "kappa": r.get("ntk_init.kappa"),
+        "lambda_max": r.get("hessian.lambda_max.whole"),
+        "top1": pct(r.get("robustness.clean")),
+        "top1_c": pct(r.get("robustness.mean_corrupted")),
+    }
+
+
+def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
+    """Table 1: #params, κ at init, λ_max, top-1 and -C accuracy; one column per checkpoint.
+
+    Raises:
+        ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
+    """
+    res = _load(results)
+    if not len(res) and not with_paper:
+        raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    cols = _column_labels(res.records)
+    vals = [_t1_values(r) for r in res.records]
+    cells = [[v[key] for v in vals] for key, _, _ in T1_ROWS]
+    kinds = [[kind] * len(vals) for _, _, kind in T1_ROWS]
+    sources = sorted({str(r.data_spec.get("source", "?")) for r in res.records})
+    notes = []
+    if res.records:
+        notes.append(f"Accuracy: top-1 on the {'/'.join(sources)} test split, clean and mean "
+                     f"over 8 corruptions × severities 1–5 (-C).")
+    if with_paper:
+        p = paper_tables()[1]
+        for j, head in enumerate(p.header[1:], start=1):
+            cols.append(f"paper: {head}")
+            by_key = {_paper_t1_key(str(row[0])): row[j] for row in p.rows}
+            for i, (key, _, kind) in enumerate(T1_ROWS):
+                v = by_key.get(key)
+                cells[i].append(v)
+                kinds[i].append("text" if isinstance(v, str) else kind)
+        notes.append("paper: Chen, Hsieh & Gong (ICLR 2022), ImageNet top-1 and ImageNet-C.")
+    return Table(
+        number=1,
+        title="Table 1: geometry and accuracy",
+        corner="",
+        row_labels=tuple(label for _, label, _ in T1_ROWS),
+        col_labels=tuple(cols),
+        cells=tuple(tuple(c) for c in cells),
+        kinds=tuple(tuple(k) for k in kinds),
+        notes=tuple(notes),
+    )
+
+
+def _t3_values(r: CheckpointRecord) -> tuple[dict[str, Any], str]:
+    lam = r.get("hessian.lambda_max", {}) or {}
+    depth = r.get("hessian.depth") or r.get("activations.depth") or 0
+    mid = (depth + 1) // 2
+    a = r.get("activations.a", {}) or {}
+    v = {
+        "embedding": lam.get("embedding"),
+        "attn": lam.get("attn", lam.get("token_mlp")),
+        "mlp": lam.get("mlp", lam.get("channel_mlp")),
+        "block_first": lam.get("block1") if depth else None,
+        "block_mid": lam.get(f"block{mid}") if depth else None,
+        "block_last": lam.get(f"block{depth}") if depth else None,
+        "whole": lam.get("whole"),
+        "w": r.get("activations.weight_norm"),
+        "a_first": a.get("first"),
+        "a_mid": a.get("mid"),
+        "a_last": a.get("last"),
+    }
+    return v, (f"1/{mid}/{depth}" if depth else "")
+
+
+def table3(results: Results | str | Path, *, with_paper: bool = False) -> Table:
+    """Table 3: block λ_max, ‖w‖₂ and block output norms; one row per checkpoint.
+
+    Raises:
+        ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
+    """
+    res = _load(results)
+    if not len(res) and not with_paper:
+        raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    rows = _column_labels(res.records)
+    cells: list[list[Any]] = []
+    depths: dict[str, str] = {}
+    for lab, r in zip(rows, res.records):
+        v, blocks = _t3_values(r)
+        cells.append([v[k] for k, _ in T3_COLS])
+        if blocks:
+            depths.setdefault(r.model, blocks)
+    notes = []
+    if depths:
+        notes.append("Block 1/mid/last (and a_1/a_mid/a_last): "
+                     + "; ".join(f"{m} {b}" for m, b in depths.items())
+                     + ". a_k = mean over examples of ‖block k output‖₂.")
+    if with_paper:
+        p = paper_tables()[3]
+        if len(p.header) != 1 + len(T3_COLS):
+            raise ValueError("paper Table 3 has an unexpected number of columns")
+        for row in p.rows:
+            rows.append(f"paper: {row[0]}")
+            cells.append(list(row[1:]))
+        notes.append("paper: Chen, Hsieh & Gong (ICLR 2022), ImageNet; mid/last = Block6/Block12.")
+    return Table(
+        number=3,
+        title="Table 3: λ_max of the diagonal Hessian blocks, weight and activation norms",
+        corner="Model",
+        row_labels=tuple(rows),
+        col_labels=tuple(label for _, label in T3_COLS),
+        cells=tuple(tuple(c) for c in cells),
+        kinds=tuple(tuple("text" if isinstance(x, str) else "num" for x in c) for c in cells),
+        notes=tuple(notes),
+    )
+
+
+def make_table(results: Results | str | Path, which: int, *, with_paper: bool = False,
+               transpose: bool = False) -> Table:
+    """Table ``which`` (1 or 3) of ``results``, optionally transposed.
+
+    Raises:
+        SpecError: ``which`` is not 1 or 3.
+    """
+    if which not in (1, 3):
+        raise SpecError(f"--which must be 1 or 3, got {which!r}")
+    t = (table1 if which == 1 else table3)(results, with_paper=with_paper)
+    return t.transposed() if transpose else t
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+_TEX = {
+    "κ": r"$\kappa$", "λ_max": r"$\lambda_{\max}$", "‖w‖₂": r"$\|w\|_2$",
+    "‖a_1‖₂": r"$\|a_1\|_2$", "‖a_mid‖₂": r"$\|a_{\mathrm{mid}}\|_2$",
+    "‖a_last‖₂": r"$\|a_{\mathrm{last}}\|_2$", "–": "--", "×": r"$\times$",
+}
+
+
+def _tex(text: str) -> str:
+    out = re.sub(r"([%&#_{}$])", r"\\\1", text)
+    for k, v in _TEX.items():
+        out = out.replace(re.sub(r"([%&#_{}$])", r"\\\1", k), v)
+    return out
+
+
+def render(table: Table, fmt: str = "md") -> str:
+    """The table as ``md`` (pipe table + notes), ``csv`` (raw values), ``tex`` (booktabs
+    tabular) or ``json`` (one object).
+
+    Raises:
+        SpecError: unknown format.
+    """
+    if fmt not in FORMATS:
+        raise SpecError(f"unknown table format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps(table.to_dict(), ensure_ascii=False, allow_nan=False)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([table.corner, *table.col_labels])
+        for lab, row in zip(table.row_labels, table.cells):
+            w.writerow([lab, *("" if v is None else _json_value(v) for v in row)])
+        return buf.getvalue()
+    text = [[_fmt(v, k) for v, k in zip(row, kinds)] for row, kinds in zip(table.cells, table.kinds)]
+    if fmt == "md":
+        lines = [f"**{table.title}**", ""]
+        lines.append("| " + " | ".join([table.corner, *table.col_labels]) + " |")
+        lines.append("|" + "---|" * (1 + len(table.col_labels)))
+        for lab, row in zip(table.row_labels, text):
+            lines.append("| " + " | ".join([lab, *row]) + " |")
+        if table.notes:
+            lines.append("")
+            lines.extend(table.notes)
+        return "\n".join(lines) + "\n"
+    # tex
+    lines = [f"% {table.title}"]
+    lines += [f"% {n}" for n in table.notes]
+    lines.append(r"\begin{tabular}{l" + "r" * len(table.col_labels) + "}")
+    lines.append(r"\toprule")
+    lines.append(" & ".join(_tex(c) for c in [table.corner, *table.col_labels]) + r" \\")
+    lines.append(r"\midrule")
+    for lab, row in zip(table.row_labels, text):
+        lines.append(" & ".join(_tex(c) for c in [lab, *row]) + r" \\")
+    lines.append(r"\bottomrule")
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines) + "\n"
