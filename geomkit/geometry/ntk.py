@@ -31,7 +31,8 @@ held.  :math:`J_k` is filled ``batch_size`` rows at a time:
 * samples independent of each other (no BatchNorm in train mode): per-sample gradients
   ``vmap(grad(f))`` (``sum``) or ``vmap(jacrev(f))`` (``trace``/``full``) over a
   ``torch.func.functional_call`` of the model on one example — measured on 2 CPU cores
-  about 5-10× faster than one backward per sample, and much faster than building
+  8-14× faster than one backward per example (``docs/benchmarks/ntk.md``) and ~30× faster
+  than building
   :math:`\Theta` column by column from NTK-vector products (which need :math:`N` forward
   *and* backward passes over all :math:`N` examples each);
 * BatchNorm in train mode (``bn="train"``, as TE-NAS): a BatchNorm layer normalizes with
