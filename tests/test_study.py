@@ -6,12 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from geomkit.errors import SpecError
 from geomkit.study import (
     StudyConfig,
     list_presets,
+    findings,
     load_study_config,
+    markdown_to_html,
+    open_study,
     parse_stages,
     run_study,
     study_config_from_dict,
@@ -120,13 +124,25 @@ def test_parse_stages():
         parse_stages("train,plot")
 
 
+@pytest.fixture
+def one_thread():
+    """Micro models gain nothing from a second thread, and on a busy machine two OpenMP
+    threads make each tiny Hessian-vector product up to 100x slower (spin-waiting)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _mtimes(d: Path) -> dict[str, int]:
     return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*"))
             if p.is_file() and p.suffix in (".pt", ".h5")}
 
 
 @pytest.mark.slow
-def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
+# a 1-block, width-8 ViT at init on 8 near-duplicate synthetic inputs has a float32-singular NTK
+@pytest.mark.filterwarnings("ignore:NTK kernel is singular:RuntimeWarning")
+def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path, one_thread):
     cfg_path = tmp_path / "micro.toml"
     cfg_path.write_text(MICRO)
     out = tmp_path / "study"
@@ -137,14 +153,59 @@ def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
         assert x.epochs == 1 and 0 <= x.test_acc <= 1
     state = json.loads((out / "study.json").read_text())
     assert [row["run"] for row in state["runs"]] == [x.name for x in r.runs]
+    # stage 2: every run measured; densities; stage 3: complete surfaces; stage 4: report
+    view = open_study(out)
+    for row in view.rows:
+        assert row["lambda_max"]["whole"] > 0 and row["weight_norm"] > 0
+        assert 0 <= row["clean"] <= 1 and row["per_corruption"]
+        assert row["density"] and row["landscape"]
+    assert set(r.landscapes) == {x.name for x in r.runs}
+    assert {"landscapes", "lambda_max", "sparsity", "density", "corruptions"} <= set(r.figures)
+    for png in r.figures.values():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = r.report.read_text()
+    assert "## Findings" in md and "SAM lowers λ_max in every Hessian block" in md
+    assert "vit-tiny-sam" in md and "![landscapes](figures/landscapes.png)" in md
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "<img" in html and "<h2>Findings</h2>" in html
     before = _mtimes(out)
 
     again = run_study(cfg_path, out, progress=False)
     assert [x.status for x in again.runs] == ["reused"] * 4
-    assert _mtimes(out) == before  # nothing retrained or recomputed
+    assert _mtimes(out) == before  # nothing retrained, remeasured or recomputed
+    assert again.report is not None
 
     # a different setting for an existing run is refused, not silently mixed
     changed = load_study_config(cfg_path)
     changed = changed.replace(train=dict(changed.train, epochs=2))
     with pytest.raises(SpecError, match="epochs=1"):
         run_study(changed, out, stages="train", progress=False)
+
+
+def test_markdown_to_html_subset():
+    md = "# T\n\ntext with `code` and **bold** <x>\n\n- a\n- b\n\n| h | v |\n|---|---|\n| r | 1 |\n\n![f](f.png)\n"
+    out = markdown_to_html(md)
+    assert "<h1>T</h1>" in out and "<code>code</code>" in out and "<strong>bold</strong>" in out
+    assert "&lt;x&gt;" in out and "<li>a</li>" in out and "<th>h</th>" in out
+    assert "<td>1</td>" in out and "---" not in out and "<img alt='f' src='f.png'>" in out
+
+
+def test_findings_from_numbers(tmp_path: Path):
+    from geomkit.study.view import StudyView
+
+    def row(model, fam, opt, acc, lam, w, kappa):
+        return {"run": f"{model}-{opt}", "model": model, "family": fam, "optimizer": opt,
+                "subset": 1.0, "seed": 0, "test_acc": acc, "kappa_init": kappa,
+                "lambda_max": {"embedding": lam, "whole": 2 * lam}, "hessian_depth": 2,
+                "weight_norm": w, "mean_corrupted": acc - 0.1}
+
+    rows = (row("resnet-tiny", "resnet", "vanilla", 0.9, 5.0, 10.0, 10.0),
+            row("resnet-tiny", "resnet", "sam", 0.91, 4.0, 11.0, 10.0),
+            row("vit-tiny", "vit", "vanilla", 0.8, 50.0, 10.0, 100.0),
+            row("vit-tiny", "vit", "sam", 0.79, 60.0, 9.0, 100.0))
+    f = {x.claim: x for x in findings(StudyView(tmp_path, {}, rows, None))}
+    assert f["NTK κ at initialization: ResNet < ViT < Mixer"].verdict == "holds"
+    assert f["SAM lowers λ_max in every Hessian block"].verdict == "partly"
+    assert "2 of 4" in f["SAM lowers λ_max in every Hessian block"].detail
+    assert f["SAM raises the weight norm ‖w‖₂"].verdict == "partly"
+    assert f["SAM improves test accuracy"].verdict == "partly"

@@ -266,16 +266,13 @@ def run_study(
     _save_state(config, out_dir, records)
     ready = [r for r in records if r.status != "missing"]
 
-    stage_fns: dict[str, Callable[..., dict[str, Any]]] = {}
-    try:
-        from geomkit.study import stages as _stages
+    from geomkit.study import stages as _stages
 
-        stage_fns = {"analyze": _stages.analyze_stage, "landscape": _stages.landscape_stage,
-                     "report": _stages.report_stage}
-    except ImportError:  # pragma: no cover - the later stages are optional
-        pass
+    stage_fns: dict[str, Callable[..., dict[str, Any]]] = {
+        "analyze": _stages.analyze_stage, "landscape": _stages.landscape_stage,
+        "report": _stages.report_stage}
     for name in ("analyze", "landscape", "report"):
-        if name not in selected or name not in stage_fns:
+        if name not in selected:
             continue
         t = time.perf_counter()
         extra.update(stage_fns[name](config, out_dir, ready, force=force, progress=progress))

@@ -1,0 +1,422 @@
+"""The study report: Tables 1 and 3 beside the paper's, figures, and computed findings.
+
+:func:`write_report` reads everything back with :func:`geomkit.study.open_study`, draws
+the figures into ``DIR/figures/`` and writes ``DIR/report.md`` and ``DIR/report.html``
+(the HTML by :func:`markdown_to_html`, a small converter for the subset of Markdown the
+report uses: headings, paragraphs, lists, pipe tables, images, ``code`` and **bold**).
+:func:`findings` states which of the paper's orderings hold, from the numbers.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomkit.study.config import StudyConfig
+from geomkit.study.view import COLUMN_TITLES, COLUMNS, StudyView, lambda_columns, open_study
+
+FAMILY_ORDER = ("resnet", "vit", "mixer")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One of the paper's claims checked on the study's numbers.
+
+    Attributes:
+        claim: the paper's statement.
+        verdict: ``holds``, ``partly``, ``does not hold`` or ``not measured``.
+        detail: the numbers behind the verdict.
+    """
+
+    claim: str
+    verdict: str
+    detail: str
+
+
+def _verdict(ok: int, total: int) -> str:
+    if total == 0:
+        return "not measured"
+    return "holds" if ok == total else ("does not hold" if ok == 0 else "partly")
+
+
+def _g(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-2):
+        return f"{v:.2e}"
+    return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _pair_name(van: dict[str, Any]) -> str:
+    sub = "" if van["subset"] == 1 else f", subset {van['subset']:g}"
+    return f"{van['model']} (seed {van['seed']}{sub})"
+
+
+def findings(view: StudyView, sam: str = "sam") -> list[Finding]:
+    """Check the paper's orderings on the measured numbers (every seed and subset)."""
+    rows = view.rows
+    pairs = view.pairs(sam)
+    out: list[Finding] = []
+
+    # 1. NTK condition number at initialization: ResNet < ViT < Mixer
+    kappa: dict[str, list[float]] = {}
+    for r in rows:
+        k = r.get("kappa_init")
+        if k is not None and math.isfinite(k) and r["family"] in FAMILY_ORDER:
+            kappa.setdefault(r["family"], []).append(r["kappa_init"])
+    fams = [f for f in FAMILY_ORDER if f in kappa]
+    means = {f: float(np.mean(kappa[f])) for f in fams}
+    steps = list(zip(fams, fams[1:], strict=False))
+    ok = sum(means[a] < means[b] for a, b in steps)
+    detail = ", ".join(f"{f} {_g(means[f])}" for f in fams)
+    out.append(Finding("NTK κ at initialization: ResNet < ViT < Mixer",
+                       _verdict(ok, len(steps)) if len(fams) > 1 else "not measured",
+                       f"κ at init (mean over the runs' architectures): {detail}" if fams
+                       else "no NTK measurement"))
+
+    # 2. SAM lowers λ_max in every block
+    total = lower = 0
+    worse: list[str] = []
+    for van, s in pairs:
+        lv, ls = lambda_columns(van), lambda_columns(s)
+        for c in COLUMNS:
+            if c in lv and c in ls:
+                total += 1
+                if ls[c] < lv[c]:
+                    lower += 1
+                else:
+                    worse.append(f"{_pair_name(van)} {COLUMN_TITLES[c]} "
+                                 f"{_g(lv[c])} → {_g(ls[c])}")
+    whole = [(lambda_columns(v).get("whole"), lambda_columns(s).get("whole")) for v, s in pairs]
+    ratios = [a / b for a, b in whole if a and b]
+    detail = f"SAM lower in {lower} of {total} (run pair, block) cases"
+    if ratios:
+        detail += f"; whole-model λ_max vanilla/SAM ratio median {_g(float(np.median(ratios)))}"
+    if worse:
+        detail += "; not lower: " + "; ".join(worse[:6]) + (" …" if len(worse) > 6 else "")
+    out.append(Finding("SAM lowers λ_max in every Hessian block", _verdict(lower, total), detail))
+
+    # 3-5. ‖w‖₂, accuracy, corruption accuracy
+    for claim, key, scale, unit in (
+        ("SAM raises the weight norm ‖w‖₂", "weight_norm", 1.0, ""),
+        ("SAM improves test accuracy", "test_acc", 100.0, " points"),
+        ("SAM improves accuracy under corruption (-C)", "mean_corrupted", 100.0, " points"),
+    ):
+        diffs = [(van, scale * (s[key] - van[key])) for van, s in pairs
+                 if van.get(key) is not None and s.get(key) is not None
+                 and math.isfinite(van[key]) and math.isfinite(s[key])]
+        ok = sum(d > 0 for _, d in diffs)
+        detail = "; ".join(f"{_pair_name(v)} {d:+.3g}{unit}" for v, d in diffs[:12])
+        out.append(Finding(claim, _verdict(ok, len(diffs)),
+                           f"SAM − vanilla: {detail}" if diffs else "not measured"))
+
+    # 6. Table 4: does SAM's gain grow as the training set shrinks?
+    subsets = sorted({r["subset"] for r in rows})
+    if len(subsets) > 1:
+        gains: dict[str, dict[float, list[float]]] = {}
+        for van, s in pairs:
+            gains.setdefault(van["model"], {}).setdefault(van["subset"], []).append(
+                100 * (s["test_acc"] - van["test_acc"]))
+        ok = total = 0
+        parts = []
+        for m, g in gains.items():
+            if subsets[0] in g and subsets[-1] in g:
+                small, full = float(np.mean(g[subsets[0]])), float(np.mean(g[subsets[-1]]))
+                total += 1
+                ok += small > full
+                parts.append(f"{m}: gain {full:+.2f} at {subsets[-1]:g} vs {small:+.2f} at "
+                             f"{subsets[0]:g}")
+        out.append(Finding("SAM's accuracy gain grows as the training set shrinks (Table 4)",
+                           _verdict(ok, total), "; ".join(parts) or "not measured"))
+    return out
+
+
+# -- tables --------------------------------------------------------------------------------
+
+def _groups(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by (model, optimizer, subset), over seeds, in study order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["optimizer"], r["subset"]), []).append(r)
+    return list(groups.values())
+
+
+def _cell(values: Sequence[float | None], scale: float = 1.0, digits: int = 3) -> str:
+    vals = [scale * v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return _g(vals[0], digits)
+    return f"{_g(float(np.mean(vals)), digits)} ± {_g(float(np.std(vals)), 2)}"
+
+
+def _label(g: list[dict[str, Any]]) -> str:
+    r = g[0]
+    sub = "" if r["subset"] == 1 else f" @{r['subset']:g}"
+    seeds = "" if len(g) == 1 else f" ({len(g)} seeds)"
+    return f"{r['model']}-{r['optimizer']}{sub}{seeds}"
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown pipe table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def table1_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Table 1 for the study's runs (mean ± std over seeds)."""
+    body = []
+    for g in _groups(rows):
+        body.append([
+            _label(g), _cell([r.get("num_params") for r in g], digits=6),
+            _cell([r.get("kappa_init") for r in g]),
+            _cell([lambda_columns(r).get("whole") for r in g]),
+            _cell([r.get("test_acc") for r in g], 100, 4),
+            _cell([r.get("mean_corrupted") for r in g], 100, 4),
+        ])
+    return md_table(["run", "#params", "NTK κ (init)", "Hessian λ_max", "test acc (%)",
+                     "-C acc (%)"], body)
+
+
+def table3_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Table 3 for the study's runs: λ_max per block, ‖w‖₂, ‖a_k‖₂ (first/mid/last block)."""
+    body = []
+    for g in _groups(rows):
+        lc = [lambda_columns(r) for r in g]
+        idx = g[0].get("a_index") or {}
+        a_names = {k: f"{k} (block {idx[k]})" if k in idx else k for k in ("first", "mid", "last")}
+        body.append([_label(g)] + [_cell([c.get(col) for c in lc]) for col in COLUMNS]
+                    + [_cell([r.get("weight_norm") for r in g])]
+                    + [_cell([(r.get("a") or {}).get(k) for r in g]) for k in a_names])
+    return md_table(["run"] + [COLUMN_TITLES[c] for c in COLUMNS]
+                    + ["‖w‖₂", "‖a_first‖₂", "‖a_mid‖₂", "‖a_last‖₂"], body)
+
+
+def _paper_tables() -> dict[str, str]:
+    """The paper's Tables 1 and 3 as Markdown, from :mod:`geomkit.tables` when present."""
+    try:
+        from geomkit import tables
+    except ImportError:
+        return {}
+    out = {}
+    for key, names in (("table1", ("paper_table1_markdown", "paper_table1")),
+                       ("table3", ("paper_table3_markdown", "paper_table3"))):
+        for n in names:
+            fn = getattr(tables, n, None)
+            if callable(fn):
+                try:
+                    v = fn()
+                except TypeError:
+                    continue
+                if isinstance(v, str):
+                    out[key] = v
+                    break
+    return out
+
+
+# -- figures and the report ----------------------------------------------------------------
+
+def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
+    """Every figure of the report into ``DIR/figures`` (PNG + PDF); name → PNG path."""
+    from geomkit import plot
+    from geomkit.study import plots
+
+    subset, seed = max(config.subsets), config.seeds[0]
+    shown = [r for r in view.rows if r["subset"] == subset and r["seed"] == seed]
+    figdir = view.out_dir / "figures"
+    out: dict[str, Path] = {}
+    draw = [("lambda_max", plots.plot_lambda_bars, lambda r: r.get("lambda_max")),
+            ("sparsity", plots.plot_sparsity, lambda r: r.get("block_active_fraction")),
+            ("density", plots.plot_densities, lambda r: r.get("density")),
+            ("corruptions", plots.plot_corruptions, lambda r: r.get("per_corruption"))]
+    for name, fn, has in draw:
+        if any(has(r) for r in shown):
+            out[name] = plot.save_figure(fn(shown), figdir / name)[0]
+    if len(config.subsets) > 1:
+        out["subsets"] = plot.save_figure(plots.plot_subsets(view.rows), figdir / "subsets")[0]
+    # Figure 1: optimizers (rows) x models (columns) on one colour scale
+    cells, titles = [], []
+    for o in config.optimizers:
+        for m in config.models:
+            hit = [r for r in shown if r["model"] == m and r["optimizer"] == o and r["landscape"]]
+            if hit:
+                cells.append(hit[0]["landscape"])
+                titles.append(f"{m} / {o}")
+    if cells and len(cells) == len(config.optimizers) * len(config.models):
+        try:
+            fig = plot.plot_panel(cells, kind="contourf", ncols=len(config.models), titles=titles,
+                                  log=config.landscape.log)
+            out["landscapes"] = plot.save_figure(fig, figdir / "landscapes")[0]
+        except Exception as e:  # an unfinished surface must not sink the report
+            from geomkit.errors import GeomkitError
+
+            if not isinstance(e, GeomkitError):
+                raise
+    return out
+
+
+FIGURE_CAPTIONS = {
+    "landscapes": "Loss landscapes (filter-normalized random directions, one colour scale): "
+                  "optimizers in rows, models in columns (the paper's Figure 1).",
+    "lambda_max": "Hessian λ_max of each Table-3 block (log scale).",
+    "sparsity": "Fraction of active post-activation values per block.",
+    "density": "Hessian eigenvalue density of the whole model (stochastic Lanczos quadrature).",
+    "corruptions": "Test accuracy, clean and under each corruption (mean over severities 1-5).",
+    "subsets": "Test accuracy against the fraction of the training set (the paper's Table 4).",
+}
+
+
+def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Path],
+                    timings: dict[str, float] | None = None) -> str:
+    """The report as Markdown (figure paths relative to the study directory)."""
+    rows = view.rows
+    d = config.data
+    lines = [f"# geomkit study `{config.name}`", ""]
+    if config.description:
+        lines += [config.description, ""]
+    lines += [
+        f"- data: `{d.source}`" + (f" at {d.image_size}px" if d.image_size else "")
+        + f", augmentation {'on' if d.augment else 'off'}, subsets "
+        + ", ".join(f"{s:g}" for s in config.subsets),
+        f"- models: {', '.join(config.models)}; optimizers: {', '.join(config.optimizers)}; "
+        f"seeds: {', '.join(map(str, config.seeds))}",
+        f"- training: {config.train.get('epochs')} epochs, batch {config.train.get('batch_size')}; "
+        f"SAM ρ: " + ", ".join(f"{m} {config.rho_for(m):g}" for m in config.models),
+        f"- analysis: {config.analysis.samples} training examples for the Hessian and "
+        f"activations, {config.analysis.ntk_samples} for the NTK "
+        f"({config.analysis.ntk_repeats} initializations), "
+        + (f"{config.analysis.test_samples}" if config.analysis.test_samples else "all")
+        + " test examples for the accuracies",
+        "",
+        "## Accuracy",
+        "",
+        md_table(["run", "epochs", "test acc (%)", "train loss", "train s"],
+                 [[r["run"], r["epochs"], _g(100 * r["test_acc"], 4), _g(r["train_loss"]),
+                   _g(r["train_seconds"])] for r in rows]),
+        "",
+        "## Findings",
+        "",
+        "Which of the paper's findings hold at this scale, computed from the numbers below:",
+        "",
+    ]
+    for f in findings(view):
+        lines.append(f"- **{f.claim}: {f.verdict}.** {f.detail}")
+    paper = _paper_tables()
+    lines += ["", "## Table 1: geometry and accuracy", "", "This study:", "", table1_markdown(rows), ""]
+    if "table1" in paper:
+        lines += ["The paper (ImageNet, Chen et al. 2022):", "", paper["table1"], ""]
+    lines += ["## Table 3: λ_max per Hessian block, weight and activation norms", "",
+              "This study (‖a_k‖₂: output norm of the first, middle and last block):", "",
+              table3_markdown(rows), ""]
+    if "table3" in paper:
+        lines += ["The paper:", "", paper["table3"], ""]
+    if not paper:
+        lines += ["(The paper's numbers: `reference/paper_tables.md`.)", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for name, path in figures.items():
+            rel = os.path.relpath(path, view.out_dir)
+            lines += [f"![{name}]({rel})", "", FIGURE_CAPTIONS.get(name, name), ""]
+    lines += ["## Files", "",
+              "- `runs/<run>/last.pt`: checkpoints (`geomkit info`, `geomkit.load_checkpoint`)",
+              "- `results.h5`: every measurement (`geomkit.results.load_results`)",
+              "- `landscapes/<run>.h5`: loss surfaces (`geomkit plot`), "
+              "`density/<run>.h5`: spectral densities",
+              "- `study.json`: the resolved study config and the accuracy table", ""]
+    if timings:
+        lines += ["Wall time of this call: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), ""]
+    return "\n".join(lines)
+
+
+_INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+           (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>")]
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    for pat, rep in _INLINE:
+        text = pat.sub(rep, text)
+    return text
+
+
+def markdown_to_html(md: str, title: str = "geomkit report") -> str:
+    """Convert the report's Markdown subset to a standalone HTML page."""
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+           "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+           "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+           "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>",
+           "</head><body>"]
+    lines = md.splitlines()
+    i = 0
+    para: list[str] = []
+
+    def flush() -> None:
+        if para:
+            out.append("<p>" + _inline(" ".join(para)) + "</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        m_head = re.match(r"^(#{1,6}) (.*)$", line)
+        m_img = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", line.strip())
+        if not line.strip():
+            flush()
+        elif m_head:
+            flush()
+            n = len(m_head.group(1))
+            out.append(f"<h{n}>{_inline(m_head.group(2))}</h{n}>")
+        elif m_img:
+            flush()
+            out.append(f"<p><img alt='{html.escape(m_img.group(1))}' "
+                       f"src='{html.escape(m_img.group(2))}'></p>")
+        elif line.startswith("|"):
+            flush()
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in block]
+            body = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells[0]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
+            out.append("</table>")
+            continue
+        elif line.startswith("- "):
+            flush()
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("</ul>")
+            continue
+        else:
+            para.append(line)
+        i += 1
+    flush()
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(config: StudyConfig, out_dir: str | Path, runs: Sequence[Any] = (),
+                 timings: dict[str, float] | None = None) -> tuple[dict[str, Path], Path]:
+    """Draw the figures and write ``report.md`` and ``report.html`` (atomically)."""
+    out_dir = Path(out_dir)
+    view = open_study(out_dir)
+    figures = draw_figures(view, config)
+    md = report_markdown(view, config, figures, timings)
+    for name, text in (("report.md", md),
+                       ("report.html", markdown_to_html(md, f"geomkit study {config.name}"))):
+        tmp = out_dir / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+    return figures, out_dir / "report.md"

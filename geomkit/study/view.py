@@ -1,0 +1,179 @@
+"""Reading a study directory back: one flat row per run, joined from every artifact.
+
+>>> from geomkit.study import open_study
+>>> s = open_study("runs/quick")                           # doctest: +SKIP
+>>> [(r["run"], r["test_acc"], r["lambda_max"].get("whole")) for r in s.rows]  # doctest: +SKIP
+
+A row holds the run's identity (``run``, ``model``, ``family``, ``optimizer``,
+``subset``, ``seed``), its training metrics (``test_acc``, ``train_loss``,
+``train_seconds``) and, when stage 2 has measured it, ``num_params``, ``kappa_init``,
+``lambda_max`` (block → value), ``hessian_depth``, ``weight_norm``, ``a`` (first / mid
+/ last block output norm), ``a_index``, ``block_active_fraction`` (list), ``clean``,
+``mean_corrupted``, ``per_corruption`` (corruption → accuracy); stage-3/2 files are
+in ``landscape`` and ``density`` (paths or None).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomkit.errors import ResultFileError
+
+#: Canonical Table-3 columns and the block presets that fill them, per family.
+COLUMNS: tuple[str, ...] = ("embedding", "mixing", "mlp", "first", "mid", "last", "whole")
+COLUMN_TITLES: dict[str, str] = {
+    "embedding": "Embedding", "mixing": "MSA / Token MLP", "mlp": "MLP / Channel MLP",
+    "first": "Block first", "mid": "Block mid", "last": "Block last", "whole": "Whole",
+}
+
+
+def column_of(block: str, depth: int) -> list[str]:
+    """The canonical columns a Table-3 block name fills (``block1`` of a 1-block model
+    is first, mid and last at once)."""
+    if block in ("attn", "token_mlp"):
+        return ["mixing"]
+    if block in ("mlp", "channel_mlp"):
+        return ["mlp"]
+    if block in ("embedding", "whole"):
+        return [block]
+    if block.startswith("block") and block[5:].isdigit() and depth:
+        k = int(block[5:])
+        return [c for c, i in (("first", 1), ("mid", (depth + 1) // 2), ("last", depth)) if i == k]
+    return []
+
+
+@dataclass(frozen=True)
+class Density:
+    """A Hessian spectral density of one run (SLQ, the whole model)."""
+
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def read_density(path: str | Path) -> Density:
+    """Read ``density/<run>.h5`` (plain h5py datasets ``grid``, ``density``, ...)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return Density(f["grid"][...], f["density"][...], f["nodes"][...], f["weights"][...],
+                           {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()})
+    except (OSError, KeyError) as e:
+        raise ResultFileError(f"{path} is not a readable density file: {e}") from None
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """A study directory read back (see the module docstring for the row keys)."""
+
+    out_dir: Path
+    config: dict[str, Any]
+    rows: tuple[dict[str, Any], ...]
+    results_path: Path | None
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", self.out_dir.name))
+
+    def row(self, run: str) -> dict[str, Any]:
+        """The row of one run by name."""
+        for r in self.rows:
+            if r["run"] == run:
+                return r
+        raise KeyError(f"no run {run!r}; runs: {', '.join(r['run'] for r in self.rows)}")
+
+    def density(self, run: str) -> Density | None:
+        p = self.row(run).get("density")
+        return read_density(p) if p else None
+
+    def pairs(self, sam: str = "sam") -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(vanilla row, SAM row) of the same model, seed and subset."""
+        by = {(r["model"], r["seed"], r["subset"], r["optimizer"]): r for r in self.rows}
+        return [(r, by[(r["model"], r["seed"], r["subset"], sam)]) for r in self.rows
+                if r["optimizer"] == "vanilla" and (r["model"], r["seed"], r["subset"], sam) in by]
+
+
+def _measured(rec: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    g = rec.get
+    if g("params.num_params") is not None:
+        out["num_params"] = int(g("params.num_params"))
+    if g("ntk_init.kappa") is not None:
+        out["kappa_init"] = float(g("ntk_init.kappa"))
+    lam = g("hessian.lambda_max")
+    if isinstance(lam, dict):
+        out["lambda_max"] = {k: float(v) for k, v in lam.items()}
+        out["hessian_depth"] = int(g("hessian.depth", 0) or 0)
+    if g("activations.weight_norm") is not None:
+        out["weight_norm"] = float(g("activations.weight_norm"))
+        out["a"] = {k: float(v) for k, v in (g("activations.a") or {}).items()}
+        out["a_index"] = {k: int(v) for k, v in (g("activations.a_index") or {}).items()}
+        out["block_active_fraction"] = [float(v) for v in
+                                        list(g("activations.block_active_fraction", []) or [])]
+        out["active_fraction"] = g("activations.active_fraction")
+    if g("robustness.clean") is not None:
+        out["clean"] = float(g("robustness.clean"))
+        out["mean_corrupted"] = float(g("robustness.mean_corrupted"))
+        out["per_corruption"] = {k: float(v) for k, v in
+                                 (g("robustness.per_corruption") or {}).items()}
+    return out
+
+
+def open_study(out_dir: str | Path) -> StudyView:
+    """Read a study directory written by :func:`geomkit.study.run_study`.
+
+    Raises:
+        ResultFileError: ``out_dir`` has no ``study.json``.
+    """
+    from geomkit.provenance import file_sha256
+    from geomkit.study.config import model_family
+
+    out_dir = Path(out_dir)
+    state_path = out_dir / "study.json"
+    if not state_path.is_file():
+        raise ResultFileError(f"{out_dir} is not a study directory (no study.json); "
+                              "run `geomkit study PRESET --out DIR` first")
+    state = json.loads(state_path.read_text())
+    by_sha: dict[str, Any] = {}
+    results_path = out_dir / "results.h5"
+    if results_path.is_file():
+        from geomkit.results import load_results
+
+        for rec in load_results(results_path):
+            by_sha[rec.checkpoint_sha256] = rec
+    else:
+        results_path = None
+    rows = []
+    for run in state.get("runs", []):
+        row = dict(run)
+        row["family"] = model_family(row["model"])
+        ck = out_dir / run["checkpoint"]
+        row["checkpoint"] = str(ck)
+        if by_sha and ck.is_file():
+            rec = by_sha.get(file_sha256(ck))
+            if rec is not None:
+                row.update(_measured(rec))
+        for key, sub in (("landscape", "landscapes"), ("density", "density")):
+            p = out_dir / sub / f"{run['run']}.h5"
+            row[key] = str(p) if p.is_file() else None
+        rows.append(row)
+    return StudyView(out_dir, state.get("config", {}), tuple(rows), results_path)
+
+
+def lambda_columns(row: dict[str, Any]) -> dict[str, float]:
+    """A row's Hessian λ_max by canonical Table-3 column (see :data:`COLUMNS`)."""
+    out: dict[str, float] = {}
+    depth = int(row.get("hessian_depth", 0) or 0)
+    for block, v in (row.get("lambda_max") or {}).items():
+        for c in column_of(block, depth):
+            out[c] = v
+    return out
