@@ -201,26 +201,22 @@ def table3_markdown(rows: Sequence[dict[str, Any]]) -> str:
                     + ["‖w‖₂", "‖a_first‖₂", "‖a_mid‖₂", "‖a_last‖₂"], body)
 
 
-def _paper_tables() -> dict[str, str]:
-    """The paper's Tables 1 and 3 as Markdown, from :mod:`geomkit.tables` when present."""
-    try:
-        from geomkit import tables
-    except ImportError:
+def paper_side_by_side(view: StudyView) -> dict[int, str]:
+    """Tables 1 and 3 of the study's current checkpoints beside the paper's numbers, as
+    Markdown, from :mod:`geomkit.tables` (empty when stage 2 has not run)."""
+    if view.results_path is None:
         return {}
-    out = {}
-    for key, names in (("table1", ("paper_table1_markdown", "paper_table1")),
-                       ("table3", ("paper_table3_markdown", "paper_table3"))):
-        for n in names:
-            fn = getattr(tables, n, None)
-            if callable(fn):
-                try:
-                    v = fn()
-                except TypeError:
-                    continue
-                if isinstance(v, str):
-                    out[key] = v
-                    break
-    return out
+    from geomkit import tables
+    from geomkit.provenance import file_sha256
+    from geomkit.results import Results, load_results
+
+    res = load_results(view.results_path)
+    current = {file_sha256(r["checkpoint"]) for r in view.rows if Path(r["checkpoint"]).is_file()}
+    mine = Results(res.path, res.attrs, tuple(r for r in res if r.checkpoint_sha256 in current))
+    if not len(mine):
+        return {}
+    return {1: tables.render(tables.table1(mine, with_paper=True), "md"),
+            3: tables.render(tables.table3(mine, with_paper=True), "md")}
 
 
 # -- figures and the report ----------------------------------------------------------------
@@ -310,17 +306,22 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
     ]
     for f in findings(view):
         lines.append(f"- **{f.claim}: {f.verdict}.** {f.detail}")
-    paper = _paper_tables()
-    lines += ["", "## Table 1: geometry and accuracy", "", "This study:", "", table1_markdown(rows), ""]
-    if "table1" in paper:
-        lines += ["The paper (ImageNet, Chen et al. 2022):", "", paper["table1"], ""]
-    lines += ["## Table 3: λ_max per Hessian block, weight and activation norms", "",
-              "This study (‖a_k‖₂: output norm of the first, middle and last block):", "",
-              table3_markdown(rows), ""]
-    if "table3" in paper:
-        lines += ["The paper:", "", paper["table3"], ""]
-    if not paper:
-        lines += ["(The paper's numbers: `reference/paper_tables.md`.)", ""]
+    paper = paper_side_by_side(view)
+    several = len(config.seeds) > 1
+    lines += ["", "## Table 1: geometry and accuracy", ""]
+    if 1 in paper:
+        lines += ["This study (one column per checkpoint) beside the paper (ImageNet):", "",
+                  paper[1], ""]
+    if several or 1 not in paper:
+        lines += ["This study" + (", mean ± std over seeds:" if several else ":"), "",
+                  table1_markdown(rows), ""]
+    lines += ["## Table 3: λ_max per Hessian block, weight and activation norms", ""]
+    if 3 in paper:
+        lines += ["This study beside the paper:", "", paper[3], ""]
+    if several or 3 not in paper:
+        lines += ["This study" + (", mean ± std over seeds" if several else "")
+                  + " (‖a_k‖₂: output norm of the first, middle and last block):", "",
+                  table3_markdown(rows), ""]
     if figures:
         lines += ["## Figures", ""]
         for name, path in figures.items():
