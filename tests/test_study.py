@@ -76,6 +76,8 @@ def test_presets_load_and_expand():
     assert by["vit-tiny-vanilla-s0"].optimizer == "adamw"
     assert by["mixer-tiny-sam-s0"].rho == pytest.approx(0.3)
     assert by["vit-tiny-sam-s0"].data["source"] == "digits"
+    assert by["vit-tiny-sam-s0"].lr == pytest.approx(3e-3)  # [lr] by family
+    assert by["resnet-tiny-sam-s0"].lr is None  # the family's default
     subsets = load_study_config("subsets")
     assert sorted({r.subset for r in subsets.runs()}) == [0.1, 0.25, 0.5, 1.0]
     assert any(r.name == "vit-sam-subset0.25-s0" for r in subsets.runs())
@@ -106,6 +108,8 @@ def test_unknown_preset_lists_valid_ones():
         ('models = ["vit-tiny"]\n[landscape]\nx = [1, -1, 5]', "min < max"),
         ('models = ["vit-tiny"]\n[analysis]\nsamples = -1', "samples"),
         ('models = ["vit-tiny"]\n[vanilla]\nvit = "adam"', "vanilla.vit"),
+        ('models = ["vit-tiny"]\n[lr]\nvit = "fast"', "lr.vit"),
+        ('models = ["vit-tiny"]\n[lr]\nvit = 0.1\n[train]\nlr = 0.1', "may not set lr"),
         ("seeds = [0]", "needs `models"),
     ],
 )

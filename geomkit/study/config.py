@@ -11,6 +11,8 @@ file (YAML too when PyYAML happens to be installed; it is not a dependency)::
 
     [rho]                 # SAM radius by model name or family (vit / mixer / resnet)
     vit = 0.1
+    [lr]                  # peak learning rate by model name or family (else the family's)
+    vit = 3e-3
     [vanilla]             # the vanilla optimizer by model name or family
     resnet = "sgd"
     [model_kwargs."vit-tiny"]
@@ -185,6 +187,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     description: str = ""
     rho: dict[str, float] = field(default_factory=dict)
+    lr: dict[str, float] = field(default_factory=dict)
     vanilla: dict[str, str] = field(default_factory=dict)
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     data: DataSpec = field(default_factory=DataSpec)
@@ -219,9 +222,10 @@ class StudyConfig:
         for f in self.subsets:
             need(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1,
                  f"subsets must be fractions in (0, 1], got {f!r}")
-        for k, v in self.rho.items():
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-                 f"rho.{k} must be a number >= 0, got {v!r}")
+        for table in ("rho", "lr"):
+            for k, v in getattr(self, table).items():
+                need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                     f"{table}.{k} must be a number >= 0, got {v!r}")
         for k, v in self.vanilla.items():
             need(v in BASE_OPTIMIZERS,
                  f"vanilla.{k} must be one of {', '.join(BASE_OPTIMIZERS)}, got {v!r}")
@@ -229,7 +233,7 @@ class StudyConfig:
             need(isinstance(v, dict), f"model_kwargs.{k} must be a table, got {v!r}")
         need(isinstance(self.data, DataSpec), "data must be a DataSpec")
         need(isinstance(self.train, dict), "train must be a table")
-        bad = sorted(set(self.train) & _RESERVED_TRAIN)
+        bad = sorted(set(self.train) & (_RESERVED_TRAIN | ({"lr"} if self.lr else set())))
         need(not bad, f"[train] may not set {', '.join(bad)} (the study sets them)")
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(self.train) - names)
@@ -281,6 +285,9 @@ class StudyConfig:
                         )
                         if opt != "vanilla":
                             kw["rho"] = self.rho_for(model)
+                        lr = self._by_model(self.lr, model)
+                        if lr is not None:
+                            kw["lr"] = float(lr)
                         try:
                             cfg = TrainConfig(**kw)
                         except GeomkitError as e:
@@ -326,7 +333,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
     """Build a :class:`StudyConfig` from parsed TOML/YAML/JSON; errors are :class:`SpecError`."""
     if not isinstance(d, dict):
         raise SpecError(f"a study file must hold a table at the top, got {type(d).__name__}")
-    top = {"name", "description", "models", "optimizers", "seeds", "rho", "vanilla",
+    top = {"name", "description", "models", "optimizers", "seeds", "rho", "lr", "vanilla",
            "model_kwargs", "data", "train", "analysis", "landscape", "subsets", "origin"}
     unknown = sorted(set(d) - top)
     if unknown:
@@ -357,6 +364,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
             optimizers=d.get("optimizers", ["vanilla", "sam"]),
             seeds=d.get("seeds", [0]),
             rho=_table(d, "rho"),
+            lr=_table(d, "lr"),
             vanilla=_table(d, "vanilla"),
             model_kwargs=_table(d, "model_kwargs"),
             data=spec,
