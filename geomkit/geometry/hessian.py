@@ -14,11 +14,12 @@ sharpness of the paper's Tables 1 and 3.
 Several blocks are run in *lockstep*: every Lanczos step multiplies all
 unconverged blocks' vectors in one operator call, which shares the forward and
 first backward (``stream``/``func`` recomputation) or the retained graph
-(``reuse``).  Measured on 2 CPU cores (``benchmarks/hessian.py --schedule``,
-``docs/benchmarks/hessian.md``): with ``stream`` on a 1-block ViT and the
-7 paper blocks, lockstep took 0.45x the time of running the blocks one after
-another; with ``reuse`` the two cost the same (the graph is shared either way),
-so lockstep is the default.  A vmapped product over stacked tangents
+(``reuse``).  Measured on the shared 2-core CPU box (``benchmarks/hessian.py``,
+``docs/benchmarks/hessian.md``; paper blocks, N=512 digits, trained vit-tiny /
+resnet-tiny): with ``stream`` lockstep took 0.77x / 0.73x the time of running the
+blocks one after another; with ``reuse`` 0.98x / 0.95x (the retained graph is
+shared either way).  Lockstep is never slower, so it is the default
+(``schedule="sequential"`` remains for comparison).  A vmapped product over stacked tangents
 (``is_grads_batched``) is not used: batching through the backward of norm layers
 is the path that gives wrong LayerNorm Hessians with this torch (``jacrev``).
 
