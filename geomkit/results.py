@@ -73,7 +73,7 @@ class Measurement:
 
     Attributes:
         name: the measurement's name (e.g. ``hessian``).
-        values: nested dict of numbers, strings and lists.
+        values: nested dict of numbers, strings and lists (key order kept).
         settings: the options it was computed with (a rerun with other settings is
             refused unless forced).
         seconds: wall time of the computation.
@@ -235,7 +235,7 @@ def _write_tree(group: h5py.Group, values: Mapping[str, Any]) -> None:
         if v is None:
             continue
         if isinstance(v, Mapping):
-            _write_tree(group.create_group(key), v)
+            _write_tree(group.create_group(key, track_order=True), v)
         elif isinstance(v, str):
             group.create_dataset(key, data=v, dtype=h5py.string_dtype())
         elif isinstance(v, (list, tuple)) and v and all(isinstance(e, str) for e in v):
@@ -461,7 +461,7 @@ class ResultsFile:
                 g.attrs[k] = _dumps(v) if isinstance(v, (Mapping, list, tuple)) else str(v)
             if name in g:
                 del g[name]
-            m = g.create_group(name)
+            m = g.create_group(name, track_order=True)
             _write_tree(m, values)
             m.attrs["settings"] = _dumps(settings)
             m.attrs["provenance"] = _dumps({**provenance(), **(provenance_extra or {})})

@@ -20,6 +20,7 @@ VALUES = {
     "f": 1.5, "i": 7, "b": True, "s": "hello", "inf": math.inf,
     "lf": [1.0, 2.5], "li": [1, 2], "ls": ["a", "bc"], "empty": [],
     "nested": {"x": {"y": 3.0}, "z": [True, False]},
+    "ordered": {"zeta": 1, "alpha": 2, "mid": 3},
 }
 
 
@@ -33,6 +34,7 @@ def test_round_trip_and_accessors(tmp_path):
     assert rec is res["abc123-vit_x"] is res[0]
     assert rec.config == {"lr": 0.1, "label": "vanilla"} and rec.model_kwargs == {"depth": 1}
     m = rec.measurements["m"]
+    assert list(m.values["ordered"]) == ["zeta", "alpha", "mid"]  # insertion order kept
     assert m.values == VALUES and m.settings == {"samples": 4, "tol": 1e-3} and m.seconds == 1.25
     assert m.provenance["torch_version"]
     assert rec.get("m.nested.x.y") == 3.0 and rec.get("m.nope", 5) == 5 and rec.get("q.x") is None
