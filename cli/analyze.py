@@ -54,7 +54,9 @@ def register(subparsers) -> None:
 
 
 def _row(rec) -> dict:
-    pct = (lambda v: None if v is None else 100.0 * v)
+    def pct(v):
+        return None if v is None else 100.0 * v
+
     return {
         "label": rec.label,
         "params": rec.get("params.num_params"),

@@ -154,8 +154,8 @@ class Table:
             self,
             row_labels=self.col_labels,
             col_labels=self.row_labels,
-            cells=tuple(zip(*self.cells)) if self.cells else (),
-            kinds=tuple(zip(*self.kinds)) if self.kinds else (),
+            cells=tuple(zip(*self.cells, strict=True)) if self.cells else (),
+            kinds=tuple(zip(*self.kinds, strict=True)) if self.kinds else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,8 +165,10 @@ class Table:
             "title": self.title,
             "columns": list(self.col_labels),
             "rows": [
-                {"label": r, "values": {c: _json_value(v) for c, v in zip(self.col_labels, row)}}
-                for r, row in zip(self.row_labels, self.cells)
+                {"label": r,
+                 "values": {c: _json_value(v)
+                            for c, v in zip(self.col_labels, row, strict=True)}}
+                for r, row in zip(self.row_labels, self.cells, strict=True)
             ],
             "notes": list(self.notes),
         }
@@ -215,7 +217,7 @@ def _column_labels(records: tuple[CheckpointRecord, ...]) -> list[str]:
     labels = [base(r) for r in records]
     return [
         f"{lab} ({r.checkpoint_sha256[:6]})" if labels.count(lab) > 1 else lab
-        for lab, r in zip(labels, records)
+        for lab, r in zip(labels, records, strict=True)
     ]
 
 
@@ -224,7 +226,9 @@ def _load(results: Results | str | Path) -> Results:
 
 
 def _t1_values(r: CheckpointRecord) -> dict[str, Any]:
-    pct = (lambda v: None if v is None else 100.0 * float(v))
+    def pct(v: Any) -> float | None:
+        return None if v is None else 100.0 * float(v)
+
     return {
         "params": r.get("params.num_params"),
         "kappa": r.get("ntk_init.kappa"),
@@ -307,7 +311,7 @@ def table3(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     rows = _column_labels(res.records)
     cells: list[list[Any]] = []
     depths: dict[str, str] = {}
-    for lab, r in zip(rows, res.records):
+    for r in res.records:
         v, blocks = _t3_values(r)
         cells.append([v[k] for k, _ in T3_COLS])
         if blocks:
@@ -381,15 +385,16 @@ def render(table: Table, fmt: str = "md") -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([table.corner, *table.col_labels])
-        for lab, row in zip(table.row_labels, table.cells):
+        for lab, row in zip(table.row_labels, table.cells, strict=True):
             w.writerow([lab, *("" if v is None else _json_value(v) for v in row)])
         return buf.getvalue()
-    text = [[_fmt(v, k) for v, k in zip(row, kinds)] for row, kinds in zip(table.cells, table.kinds)]
+    text = [[_fmt(v, k) for v, k in zip(row, kinds, strict=True)]
+            for row, kinds in zip(table.cells, table.kinds, strict=True)]
     if fmt == "md":
         lines = [f"**{table.title}**", ""]
         lines.append("| " + " | ".join([table.corner, *table.col_labels]) + " |")
         lines.append("|" + "---|" * (1 + len(table.col_labels)))
-        for lab, row in zip(table.row_labels, text):
+        for lab, row in zip(table.row_labels, text, strict=True):
             lines.append("| " + " | ".join([lab, *row]) + " |")
         if table.notes:
             lines.append("")
@@ -402,7 +407,7 @@ def render(table: Table, fmt: str = "md") -> str:
     lines.append(r"\toprule")
     lines.append(" & ".join(_tex(c) for c in [table.corner, *table.col_labels]) + r" \\")
     lines.append(r"\midrule")
-    for lab, row in zip(table.row_labels, text):
+    for lab, row in zip(table.row_labels, text, strict=True):
         lines.append(" & ".join(_tex(c) for c in [lab, *row]) + r" \\")
     lines.append(r"\bottomrule")
     lines.append(r"\end{tabular}")

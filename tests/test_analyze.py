@@ -83,7 +83,8 @@ def test_cheap_measurements_values(ckpts, tmp_path):
     rec = r.results[0]
     assert rec.get("activations.depth") == 1
     assert rec.get("activations.a_index") == {"first": 1, "mid": 1, "last": 1}
-    assert rec.get("activations.a.first") == pytest.approx(rec.get("activations.block_output_norm")[0])
+    norms = rec.get("activations.block_output_norm")
+    assert rec.get("activations.a.first") == pytest.approx(norms[0])
     assert rec.get("activations.weight_norm") > 0
     assert rec.get("robustness.n_samples") == 20
     assert 0 <= rec.get("robustness.mean_corrupted") <= 1

@@ -83,7 +83,7 @@ def test_table1_with_paper_side_by_side(results):
     t = T.table1(results, with_paper=True)
     assert len(t.col_labels) == 3 + 6 and t.col_labels[3] == "paper: ResNet-50"
     j = t.col_labels.index("paper: Mixer-B/16")
-    got = {lab: row[j] for lab, row in zip(t.row_labels, t.cells)}
+    got = {lab: row[j] for lab, row in zip(t.row_labels, t.cells, strict=True)}
     assert got == {"#Params": "59M", "NTK κ (at init)": 14468.0, "Hessian λ_max": 1644.4,
                    "Top-1 (%)": 66.4, "-C (%)": 33.8}
     assert T.render(t, "md").count("–") >= 2  # the paper's own dashes (no κ for SAM)

@@ -166,7 +166,9 @@ def robustness(
     severities = tuple(severities)
     for c in corruptions:
         if c not in CORRUPTIONS:
-            raise DataError(f"unknown corruption {c!r}; valid corruptions: {', '.join(CORRUPTIONS)}")
+            raise DataError(
+                f"unknown corruption {c!r}; valid corruptions: {', '.join(CORRUPTIONS)}"
+            )
     if not corruptions or not severities:
         raise SpecError("robustness needs at least one corruption and one severity")
     for s in severities:
