@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from geomkit.errors import SpecError
 from geomkit.study import (
     StudyConfig,
-    list_presets,
     findings,
+    list_presets,
     load_study_config,
     markdown_to_html,
     open_study,
@@ -76,8 +75,11 @@ def test_presets_load_and_expand():
     assert by["vit-tiny-vanilla-s0"].optimizer == "adamw"
     assert by["mixer-tiny-sam-s0"].rho == pytest.approx(0.3)
     assert by["vit-tiny-sam-s0"].data["source"] == "digits"
-    assert by["vit-tiny-sam-s0"].lr == pytest.approx(3e-3)  # [lr] by family
     assert by["resnet-tiny-sam-s0"].lr is None  # the family's default
+    lr = study_config_from_dict(quick.to_dict() | {"lr": {"vit": 0.01, "mixer-tiny": 0.02}})
+    by = {r.name: r.train_config for r in lr.runs()}
+    assert by["vit-tiny-sam-s0"].lr == 0.01 and by["mixer-tiny-vanilla-s0"].lr == 0.02
+    assert by["resnet-tiny-sam-s0"].lr is None
     subsets = load_study_config("subsets")
     assert sorted({r.subset for r in subsets.runs()}) == [0.1, 0.25, 0.5, 1.0]
     assert any(r.name == "vit-sam-subset0.25-s0" for r in subsets.runs())
@@ -128,16 +130,6 @@ def test_parse_stages():
         parse_stages("train,plot")
 
 
-@pytest.fixture
-def one_thread():
-    """Micro models gain nothing from a second thread, and on a busy machine two OpenMP
-    threads make each tiny Hessian-vector product up to 100x slower (spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mtimes(d: Path) -> dict[str, int]:
     return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*"))
             if p.is_file() and p.suffix in (".pt", ".h5")}
@@ -146,7 +138,7 @@ def _mtimes(d: Path) -> dict[str, int]:
 @pytest.mark.slow
 # a 1-block, width-8 ViT at init on 8 near-duplicate synthetic inputs has a float32-singular NTK
 @pytest.mark.filterwarnings("ignore:NTK kernel is singular:RuntimeWarning")
-def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path, one_thread):
+def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
     cfg_path = tmp_path / "micro.toml"
     cfg_path.write_text(MICRO)
     out = tmp_path / "study"
@@ -187,7 +179,8 @@ def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path, one_thread):
 
 
 def test_markdown_to_html_subset():
-    md = "# T\n\ntext with `code` and **bold** <x>\n\n- a\n- b\n\n| h | v |\n|---|---|\n| r | 1 |\n\n![f](f.png)\n"
+    md = ("# T\n\ntext with `code` and **bold** <x>\n\n- a\n- b\n\n"
+          "| h | v |\n|---|---|\n| r | 1 |\n\n![f](f.png)\n")
     out = markdown_to_html(md)
     assert "<h1>T</h1>" in out and "<code>code</code>" in out and "<strong>bold</strong>" in out
     assert "&lt;x&gt;" in out and "<li>a</li>" in out and "<th>h</th>" in out

@@ -55,11 +55,13 @@ def plot_lambda_bars(rows: Sequence[dict[str, Any]]):
             ax.bar(np.arange(len(cols)) + (k - (len(rs) - 1) / 2) * width, vals, width,
                    label=r["optimizer"], color=_color(r["optimizer"]))
         ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.25)  # headroom for the legend
         ax.set_xticks(range(len(cols)), [COLUMN_TITLES[c].replace(" / ", "/\n") for c in cols],
                       fontsize=7, rotation=30, ha="right")
         ax.set_title(model, fontsize=9)
         ax.set_ylabel("Hessian λ_max")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncols=len(rs), loc="upper center")
     return fig
 
 
@@ -72,6 +74,7 @@ def plot_sparsity(rows: Sequence[dict[str, Any]]):
             ax.plot(np.arange(1, len(f) + 1), f, "o-", label=r["optimizer"],
                     color=_color(r["optimizer"]))
         ax.set_xlabel("block")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("active fraction")
         ax.set_ylim(0, 1)
         ax.set_title(model, fontsize=9)
@@ -106,13 +109,15 @@ def plot_corruptions(rows: Sequence[dict[str, Any]]):
         for k, r in enumerate(rs):
             vals = [r["clean"]] + [r["per_corruption"].get(c, np.nan) for c in names[1:]]
             ax.bar(np.arange(len(names)) + (k - (len(rs) - 1) / 2) * width,
-                   100 * np.asarray(vals), width, label=r["optimizer"], color=_color(r["optimizer"]))
+                   100 * np.asarray(vals), width, label=r["optimizer"],
+                   color=_color(r["optimizer"]))
         ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=7,
                       rotation=40, ha="right")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 118)
+        ax.set_yticks(range(0, 101, 20))
         ax.set_title(model, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncols=len(rs), loc="upper center")
     return fig
 
 

@@ -334,7 +334,8 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
               "`density/<run>.h5`: spectral densities",
               "- `study.json`: the resolved study config and the accuracy table", ""]
     if timings:
-        lines += ["Wall time of this call: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), ""]
+        lines += ["Wall time of this call: "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), ""]
     return "\n".join(lines)
 
 
@@ -388,7 +389,8 @@ def markdown_to_html(md: str, title: str = "geomkit report") -> str:
                 i += 1
             cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in block]
             body = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
-            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells[0]) + "</tr>")
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            out.append(f"<table><tr>{head}</tr>")
             out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
             out.append("</table>")
             continue

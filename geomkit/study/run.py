@@ -113,7 +113,8 @@ def parse_stages(stages: str | Sequence[str] | None) -> tuple[str, ...]:
     items = [s.strip() for s in items if s.strip()]
     bad = [s for s in items if s not in STAGES]
     if bad or not items:
-        raise SpecError(f"unknown stage(s) {', '.join(bad) or '(none)'}; valid: {', '.join(STAGES)}")
+        raise SpecError(f"unknown stage(s) {', '.join(bad) or '(none)'}; "
+                        f"valid: {', '.join(STAGES)}")
     return tuple(s for s in STAGES if s in items)
 
 
