@@ -29,8 +29,8 @@ from typing import Any
 from geomkit.errors import ResultFileError, SpecError
 from geomkit.results import CheckpointRecord, Results, load_results
 
-__all__ = ["FORMATS", "PaperTable", "Table", "paper_tables", "render", "table1", "table3",
-           "make_table"]
+__all__ = ["FORMATS", "PaperNumber", "PaperTable", "Table", "make_table", "paper_tables",
+           "render", "table1", "table3"]
 
 FORMATS = ("md", "csv", "tex", "json")
 _DASH = "–"
@@ -70,12 +70,23 @@ class PaperTable:
     rows: tuple[tuple[Any, ...], ...]
 
 
+class PaperNumber(float):
+    """A number of the paper's tables that renders as printed there (``20.9``, not ``20.90``)."""
+
+    text: str
+
+    def __new__(cls, text: str) -> PaperNumber:
+        obj = super().__new__(cls, float(text))
+        obj.text = text
+        return obj
+
+
 def _cell(text: str) -> Any:
     t = text.strip()
     if t in ("", "–", "-", "—"):
         return None
     try:
-        return float(t)
+        return PaperNumber(t)
     except ValueError:
         return t
 
@@ -177,7 +188,7 @@ class Table:
 def _json_value(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
+    return float(v) if isinstance(v, PaperNumber) else v
 
 
 def _fmt(v: Any, kind: str) -> str:
@@ -187,6 +198,8 @@ def _fmt(v: Any, kind: str) -> str:
         return v
     if isinstance(v, float) and math.isinf(v):
         return "inf" if v > 0 else "-inf"
+    if isinstance(v, PaperNumber):
+        return v.text
     if kind == "params":
         n = float(v)
         if n >= 1e6:
@@ -197,6 +210,8 @@ def _fmt(v: Any, kind: str) -> str:
     if kind == "pct":
         return f"{float(v):.1f}"
     a = abs(float(v))
+    if a >= 1e6:
+        return f"{float(v):.3g}"
     if a >= 100:
         return f"{float(v):.1f}"
     if a >= 1:
