@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": e.seconds,
             "eigenvalues": list(e.eigenvalues),
             "residual": e.residual,
+            "error_bound": e.error_bound,
             "converged": bool(e.converged),
         }
         if args.smallest:

@@ -61,6 +61,9 @@ class BlockEigs:
         lambda_max: the algebraically largest eigenvalue (Ritz value).
         eigenvalues: the top-k Ritz values, largest first.
         residuals: their residual bounds |β_m s_{m,i}| = ‖H y_i − θ_i y_i‖.
+        error_bounds: their eigenvalue error bounds (the residual sharpened by the
+            estimated spectral gap, what the stopping rule tests; see
+            :mod:`geomkit.geometry.lanczos`).
         lambda_min: the smallest Ritz value (None unless asked).
         lambda_min_residual: its residual bound (None unless asked).
         n_params: the block's number of parameters.
@@ -82,6 +85,7 @@ class BlockEigs:
     n_hvps: int
     seconds: float
     converged: bool
+    error_bounds: tuple[float, ...] = ()
     vectors: torch.Tensor | None = field(default=None, repr=False)
     vector_min: torch.Tensor | None = field(default=None, repr=False)
 
@@ -89,6 +93,11 @@ class BlockEigs:
     def residual(self) -> float:
         """Residual bound of λ_max."""
         return self.residuals[0]
+
+    @property
+    def error_bound(self) -> float:
+        """Error bound of λ_max."""
+        return self.error_bounds[0]
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ def hessian_eigs(
         regex: user blocks, name → regex on parameter names.
         top_k: number of largest eigenvalues per block.
         smallest: also compute λ_min.
-        tol: relative tolerance on the Ritz values' change and residual bound.
+        tol: relative tolerance on the Ritz values' change and error bound.
         max_iter: maximum Lanczos steps (HVPs) per block.
         batch_size: analysis mini-batch (None: all at once, or what fits memory).
         strategy: HVP strategy, ``auto``/``reuse``/``stream``/``func``.
@@ -255,6 +264,7 @@ def hessian_eigs(
             n_hvps=r.n_hvps,
             seconds=spent[b],
             converged=r.converged,
+            error_bounds=tuple(float(v) for v in r.error_bounds),
             vectors=r.vectors,
             vector_min=r.vector_min,
         )

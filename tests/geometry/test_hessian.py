@@ -49,6 +49,24 @@ def test_every_paper_block_matches_dense_eigvalsh(name):
     assert all(torch.equal(t, before[k]) for k, t in case.model.state_dict().items())
 
 
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_default_tolerance_meets_its_promise_on_every_block(name):
+    # the stopping rule (residual sharpened by the estimated gap, see lanczos) must keep
+    # tol a real relative error bound: tol 1e-4 -> error <= 1e-4, tol 1e-8 -> <= 1e-6
+    case = make_case(name, n=10)
+    dense = cached_block_hessians(name, 10)
+    for tol, limit in ((1e-4, 1e-4), (1e-8, 1e-6)):
+        r = hessian_eigs(case.model, case.inputs, case.targets, blocks=("paper",), tol=tol,
+                         max_iter=400)
+        for b, H in dense.items():
+            want = float(torch.linalg.eigvalsh(H)[-1])
+            e = r.blocks[b]
+            assert e.converged and _rel(e.lambda_max, want, 1e-12) <= limit, (b, tol, e)
+            assert e.error_bound <= e.residual
+            # the reported bound covers the actual error (float64 round-off aside)
+            assert abs(e.lambda_max - want) <= e.error_bound + 1e-12 * abs(want), (b, tol, e)
+
+
 def test_lockstep_equals_sequential_and_is_bitwise_repeatable():
     case = make_case("vit1", n=10)
     kw = dict(blocks=("paper",), top_k=2, tol=1e-8, strategy="stream", batch_size=4)

@@ -1,9 +1,13 @@
 """Lanczos on explicit symmetric matrices with known spectra."""
 
+import functools
+import math
+
 import pytest
 import torch
 
-from geomkit.geometry.lanczos import LanczosRun, lanczos, start_vector
+import geomkit.geometry.lanczos as lanczos_mod
+from geomkit.geometry.lanczos import LanczosRun, error_bounds, lanczos, start_vector
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +112,65 @@ def test_run_state_machine_and_bad_input():
     assert run.done
     with pytest.raises(RuntimeError):
         run.feed(run.query)
+
+
+def test_error_bound_sharpens_the_residual_and_bounds_the_error():
+    # well-separated top eigenvalue: the gap-based bound is valid and much smaller than r
+    g = torch.Generator().manual_seed(7)
+    d = torch.cat([torch.tensor([3.0, 2.0], dtype=torch.float64),
+                   torch.rand(148, generator=g, dtype=torch.float64) - 0.5])
+    Q, _ = torch.linalg.qr(torch.randn(150, 150, generator=g, dtype=torch.float64))
+    A = (Q * d) @ Q.T
+    sharpened = 0
+    for m in range(4, 16):
+        r = lanczos(lambda v: A @ v, 150, max_iter=m, tol=0.0)
+        err = abs(r.lambda_max - 3.0)
+        assert float(r.error_bounds[0]) <= float(r.residuals[0])
+        assert err <= float(r.error_bounds[0]) * (1 + 1e-9) + 1e-14, (m, err, r.error_bounds)
+        sharpened += bool(r.error_bounds[0] < 0.2 * r.residuals[0])
+    assert sharpened >= 5
+    # the gap credit is capped: the bound never drops below residual / 10
+    assert float(r.error_bounds[0]) >= float(r.residuals[0]) / 10 * (1 - 1e-12)
+
+
+def test_error_bounds_fall_back_to_the_residual_when_the_gap_is_unknown():
+    res = torch.tensor([0.5, 1e-3, 1e-3], dtype=torch.float64)
+    # θ_2's lower neighbour is unresolved (residual 0.5 > 2% of the gap 1): no gap credit
+    e = error_bounds(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), res)
+    assert float(e[1]) == 1e-3
+    # resolved neighbours: r²/δ̂ with δ̂ = min(1 − 0.01, 2 − 0.001) (never below r/10)
+    res = torch.tensor([0.01, 1e-3, 1e-3], dtype=torch.float64)
+    e = error_bounds(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), res)
+    assert abs(float(e[1]) - max(1e-6 / 0.99, 1e-4)) < 1e-15
+    # a tiny gap (not larger than the residual) and a single Ritz value: the residual
+    e = error_bounds(torch.tensor([1.0, 1.0 + 1e-6], dtype=torch.float64),
+                     torch.tensor([1e-12, 1e-3], dtype=torch.float64))
+    assert float(e[1]) == 1e-3
+    assert float(error_bounds(torch.tensor([2.0], dtype=torch.float64),
+                              torch.tensor([0.3], dtype=torch.float64))[0]) == 0.3
+
+
+def _clustered(g: float, seed: int, n: int = 300) -> torch.Tensor:
+    # Hessian-like: top pair 1 and 1 − g, eight outliers in [0.2, 0.9], a bulk near 0
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.cat([torch.tensor([1.0, 1.0 - g], dtype=torch.float64),
+                   torch.rand(8, generator=gen, dtype=torch.float64) * 0.7 + 0.2,
+                   torch.rand(n - 10, generator=gen, dtype=torch.float64) * 0.1 - 0.05])
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return (Q * d) @ Q.T
+
+
+@pytest.mark.parametrize("g", [1e-2, 3e-3, 1e-3])
+def test_clustered_top_eigenvalues_do_not_stop_early(g, monkeypatch):
+    # Lanczos first converges to one Ritz value mixing the pair (error ~ g/2) while the
+    # next Ritz value sits far below; a rule trusting that Ritz gap stops there.
+    mats = [_clustered(g, s) for s in range(5)]
+    for s, A in enumerate(mats):
+        r = lanczos(lambda v, A=A: A @ v, 300, tol=1e-4, max_iter=300, seed=s)
+        assert r.converged and abs(r.lambda_max - 1.0) <= 1e-4, (g, s, r.lambda_max, r.n_hvps)
+    if g < 1e-2:  # the safeguards are what make this pass: the bare r²/δ̂ rule fails it
+        bare = functools.partial(lanczos_mod.error_bounds, resolved=math.inf, max_gain=math.inf)
+        monkeypatch.setattr(lanczos_mod, "error_bounds", bare)
+        errs = [abs(lanczos(lambda v, A=A: A @ v, 300, tol=1e-4, max_iter=300,
+                            seed=s).lambda_max - 1.0) for s, A in enumerate(mats)]
+        assert max(errs) > 2e-4, errs
