@@ -206,3 +206,14 @@ def test_findings_from_numbers(tmp_path: Path):
     assert "2 of 4" in f["SAM lowers λ_max in every Hessian block"].detail
     assert f["SAM raises the weight norm ‖w‖₂"].verdict == "partly"
     assert f["SAM improves test accuracy"].verdict == "partly"
+
+
+def test_cli_study_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from cli.main import main
+
+    assert main(["study", "nope", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geomkit: error: unknown study preset 'nope'; valid presets: ")
+    assert err.count("\n") == 1
+    assert main(["study", "quick", "--out", str(tmp_path / "s"), "--stages", "plot"]) == 2
+    assert "valid: train, analyze, landscape, report" in capsys.readouterr().err
