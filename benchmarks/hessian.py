@@ -11,12 +11,14 @@ architecture at initialization.  For every model and N it measures, in one run:
 
 * the float64 reference λ_max (Lanczos, tol 1e-8);
 * geomkit's λ_max at its default tol (1e-4) in float32: wall time, HVPs, relative error;
+  and the HVPs/error of the previous stopping rule (plain residual, no gap credit) for
+  comparison;
 * PyHessian's ``eigenvalues(top_n=1, tol=t)`` for t = 1e-3, 1e-4, ... until its relative
   error is ≤ 1e-4 (or noting that it never gets there or returns another eigenvalue);
 * the cost of one HVP per strategy (``reuse``/``stream``/``func``) relative to one plain
   double-backward HVP and to one gradient over the same data (interleaved repetitions,
   medians, so the ratios survive a shared machine);
-* the paper blocks in lockstep vs sequentially.
+* the paper blocks in lockstep vs sequentially (``--no-schedule`` skips this).
 
 Prints markdown tables (and writes them with ``--out``).
 """
@@ -37,10 +39,21 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import geomkit.geometry.lanczos as lanczos_mod  # noqa: E402
 from geomkit.checkpoint import load_checkpoint  # noqa: E402
 from geomkit.geometry.blocks import resolve_blocks  # noqa: E402
 from geomkit.geometry.hessian import hessian_eigs  # noqa: E402
 from geomkit.geometry.hvp import HessianOperator  # noqa: E402
+
+
+def residual_rule_run(model, x, y):
+    """geomkit with the previous stopping rule: error bound = plain residual."""
+    orig = lanczos_mod.error_bounds
+    lanczos_mod.error_bounds = lambda theta, res, **_: res.clone()
+    try:
+        return hessian_eigs(model, x, y)
+    finally:
+        lanczos_mod.error_bounds = orig
 
 
 def train_default(epochs: int) -> list[Path]:
@@ -120,7 +133,7 @@ def pyhessian_run(model, x, y, tol: float, seed: int = 0):
     return ev, count["n"], sec
 
 
-def bench_model(label, model, x, y, out_rows, cost_rows, sched_rows, reps):
+def bench_model(label, model, x, y, out_rows, cost_rows, sched_rows, reps, schedule=True):
     model = model.eval()
     t = time.perf_counter()
     ref = hessian_eigs(model, x, y, dtype=torch.float64, tol=1e-8, max_iter=300,
@@ -130,6 +143,8 @@ def bench_model(label, model, x, y, out_rows, cost_rows, sched_rows, reps):
     ours = hessian_eigs(model, x, y)
     e = ours.blocks["whole"]
     err = abs(e.lambda_max - lam) / abs(lam)
+    old = residual_rule_run(model, x, y).blocks["whole"]
+    old_err = abs(old.lambda_max - lam) / abs(lam)
     # PyHessian, tolerance tightened until it reaches 1e-4
     ph_cells = []
     ph_best = None
@@ -148,13 +163,14 @@ def bench_model(label, model, x, y, out_rows, cost_rows, sched_rows, reps):
         speed = f"{ph_best[1] / e.seconds:.1f}×"
     out_rows.append([label, len(x), f"{lam:.5g}", f"{ref.lambda_min:.4g}",
                      f"{e.n_hvps} HVPs, {ours.seconds:.2f} s, err {err:.1e} ({ours.strategy})",
+                     f"{old.n_hvps} HVPs, err {old_err:.1e}",
                      ph_sum, speed, f"{ref.n_hvps} HVPs, {ref_sec:.1f} s"])
     costs = hvp_costs(model, x, y, reps)
     db, gr = costs["double_backward"], costs["gradient"]
     cost_rows.append([label, len(x), f"{1000 * gr:.1f}", f"{1000 * db:.1f}"]
                      + [f"{costs[s] / db:.2f} / {costs[s] / gr:.2f}"
                         for s in ("reuse", "stream", "func")])
-    for strat in ("stream", "reuse"):
+    for strat in ("stream", "reuse") if schedule else ():
         secs = {}
         for sched in ("lockstep", "sequential"):
             t = time.perf_counter()
@@ -182,6 +198,8 @@ def main() -> None:
                     help="torch threads (default 1: on a shared 2-core box 2 threads were "
                     "several times slower)")
     ap.add_argument("--reps", type=int, default=5, help="timing repetitions per HVP method")
+    ap.add_argument("--no-schedule", action="store_true",
+                    help="skip the lockstep-vs-sequential comparison of the paper blocks")
     ap.add_argument("--out", help="also write the tables to this markdown file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -197,20 +215,23 @@ def main() -> None:
         for n in args.samples:
             x, y = ck.analysis_data("train", n)
             print(f"{label} N={n} ...", file=sys.stderr)
-            bench_model(label, model, x, y, out_rows, cost_rows, sched_rows, args.reps)
+            bench_model(label, model, x, y, out_rows, cost_rows, sched_rows, args.reps,
+                        schedule=not args.no_schedule)
     md = "\n\n".join([
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 models, "
         "digits analysis data.",
         "### λ_max to relative error ≤ 1e-4 (vs a float64 Lanczos reference at tol 1e-8)",
         table(["model", "N", "λ_max (ref)", "λ_min (ref)", "geomkit (tol 1e-4)",
-               "PyHessian (tol tightened)", "PyHessian / geomkit time", "reference"], out_rows),
+               "residual rule (before)", "PyHessian (tol tightened)",
+               "PyHessian / geomkit time", "reference"], out_rows),
         "### Cost of one HVP over the N examples (ms for gradient / double backward; "
         "strategy: ratio to double backward / to gradient)",
         table(["model", "N", "gradient ms", "double backward ms", "reuse", "stream", "func"],
               cost_rows),
+    ] + ([
         "### Paper blocks: lockstep vs sequential Lanczos (seconds)",
         table(["model", "N", "strategy", "lockstep", "sequential", "ratio"], sched_rows),
-    ])
+    ] if sched_rows else []))
     print(md)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
