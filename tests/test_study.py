@@ -84,6 +84,7 @@ def test_presets_load_and_expand():
     assert sorted({r.subset for r in subsets.runs()}) == [0.1, 0.25, 0.5, 1.0]
     assert any(r.name == "vit-sam-subset0.25-s0" for r in subsets.runs())
     assert len(load_study_config("fashion").seeds) == 3
+    assert quick.threads == 1 and load_study_config("fashion").threads == 0
     # round trip through the JSON-able dict
     assert study_config_from_dict(quick.to_dict(), source="preset:quick") == quick
 
@@ -113,6 +114,7 @@ def test_unknown_preset_lists_valid_ones():
         ('models = ["vit-tiny"]\n[lr]\nvit = "fast"', "lr.vit"),
         ('models = ["vit-tiny"]\n[lr]\nvit = 0.1\n[train]\nlr = 0.1', "may not set lr"),
         ("seeds = [0]", "needs `models"),
+        ('models = ["vit-tiny"]\nthreads = -1', "threads"),
     ],
 )
 def test_malformed_study_files(tmp_path: Path, text: str, match: str):
@@ -142,7 +144,15 @@ def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
     cfg_path = tmp_path / "micro.toml"
     cfg_path.write_text(MICRO)
     out = tmp_path / "study"
-    r = run_study(cfg_path, out, progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = run_study(load_study_config(cfg_path).replace(threads=1), out, progress=False)
+        assert torch.get_num_threads() == 2  # the study's thread count was restored
+    finally:
+        torch.set_num_threads(threads)
     assert [x.status for x in r.runs] == ["trained"] * 4
     for x in r.runs:
         assert (out / "runs" / x.name / "last.pt").is_file()

@@ -248,12 +248,29 @@ def run_study(
             Later stages use whatever earlier stages left in ``out_dir``.
         progress: progress bars and stage messages on stderr.
 
+    ``config.threads`` (when not 0) sets torch's intra-op threads for the call and
+    restores them afterwards.
+
     Returns:
         A :class:`StudyResult` (accuracy table in :meth:`StudyResult.accuracy_rows`).
     """
     if not isinstance(config, StudyConfig):
         config = load_study_config(config)
     selected = parse_stages(stages)
+    if config.threads:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(config.threads)
+        try:
+            return _run(config, out_dir, force, selected, progress)
+        finally:
+            torch.set_num_threads(before)
+    return _run(config, out_dir, force, selected, progress)
+
+
+def _run(config: StudyConfig, out_dir: str | Path, force: bool, selected: tuple[str, ...],
+         progress: bool) -> StudyResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
