@@ -17,6 +17,7 @@ from cli._common import (
     print_json,
     print_table,
 )
+from geomkit.device import resolve_device
 from geomkit.errors import SpecError
 
 ORDER = 30
@@ -84,13 +85,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=run)
 
-
-def _device(text: str | None) -> Any:
-    import torch
-
-    if text in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else None
-    return text
 
 
 def _write_h5(path: Path, out: dict[str, Any], densities: dict[str, Any], ck: Any,
@@ -163,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     x, y = ck.analysis_data("train", args.samples)
     progress = not args.no_progress and sys.stderr.isatty()
     common = dict(blocks=blocks, regex=regex, batch_size=args.batch_size, strategy=args.strategy,
-                  bn=args.bn, dtype=getattr(torch, args.dtype), device=_device(args.device),
+                  bn=args.bn, dtype=getattr(torch, args.dtype), device=resolve_device(args.device),
                   seed=args.seed, progress=progress)
     r = hessian_eigs(model, x, y, top_k=args.top_k, smallest=args.smallest, tol=args.tol,
                      max_iter=args.max_iter, return_vectors=bool(args.out), **common)

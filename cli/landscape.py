@@ -17,6 +17,8 @@ from cli._common import (
     print_table,
 )
 
+from geomkit.device import resolve_device
+
 ORDER = 50
 
 #: values starting with "-" that are numbers or grid specs (-1, -0.5, -1:1:51)
@@ -141,13 +143,6 @@ def _grid(args) -> tuple[tuple, tuple | None]:
     return x, y
 
 
-def _device(text: str | None):
-    if text in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else None
-    return text
-
 
 def _summary(res) -> dict:
     loss = np.where(res.done, res.loss, np.nan)
@@ -214,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         shard=shard,
         resume=True if args.resume else None,
-        device=_device(args.device),
+        device=resolve_device(args.device),
         progress=not args.no_progress,  # tqdm on stderr; stdout stays one table / JSON object
     )
     if distributed.is_main():

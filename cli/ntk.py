@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from cli._common import add_device_flag, add_json_flag, positive_int, print_json, print_table
+from geomkit.device import resolve_device
 from geomkit.errors import DataError, SpecError
 
 ORDER = 32
@@ -64,13 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=run)
 
-
-def _device(text: str | None) -> Any:
-    import torch
-
-    if text in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else None
-    return text
 
 
 def _block(model: Any, text: str | None) -> list[str] | None:
@@ -130,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
         memory_gib=args.memory_gib,
-        device=_device(args.device),
+        device=resolve_device(args.device),
         dtype=getattr(torch, args.dtype),
         progress=not args.no_progress and sys.stderr.isatty(),
     )

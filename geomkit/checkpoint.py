@@ -55,10 +55,10 @@ def save_checkpoint(
 
     ``model`` must come from :func:`geomkit.models.build` (it carries ``geomkit_spec``).
     """
+    model = getattr(model, "module", model)  # unwrap DDP
     spec = getattr(model, "geomkit_spec", None)
     if spec is None:
         raise ValueError("model has no geomkit_spec: build it with geomkit.models.build()")
-    model = getattr(model, "module", model)  # unwrap DDP
     payload = {
         "format": FORMAT,
         "model": {"name": spec["name"], "kwargs": dict(spec["kwargs"])},
@@ -173,7 +173,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             model = build(name, **kwargs)
         except GeomkitError as e:
             raise CheckpointError(f"{p}: {e}") from None
-        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        except RuntimeError as e:  # shape mismatches
+            reason = str(e).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"{p}: weights do not fit model {name!r}: {reason[:160]}") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"{p}: weights do not fit model {name!r} "
@@ -183,8 +187,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             data_spec = DataSpec.from_dict(payload["data"])
         except GeomkitError as e:
             raise CheckpointError(f"{p}: bad data spec: {e}") from None
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{p} is a damaged geomkit checkpoint (missing {e})") from None
+        step, epoch = int(payload.get("step", 0)), int(payload.get("epoch", 0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{p} is a damaged geomkit checkpoint ({type(e).__name__}: {e})") from None
     model.to(device).eval()
     return Checkpoint(
         path=p.resolve(),
@@ -195,7 +200,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         data_spec=data_spec,
         metrics=dict(payload.get("metrics", {})),
         provenance=dict(payload.get("provenance", {})),
-        step=int(payload.get("step", 0)),
-        epoch=int(payload.get("epoch", 0)),
+        step=step,
+        epoch=epoch,
         optimizer_state=payload.get("optimizer"),
     )

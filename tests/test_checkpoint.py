@@ -73,6 +73,15 @@ def test_truncated_and_unknown_model(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "t.pt")
     raw = torch.load(tmp_path / "c.pt", weights_only=True)
+    raw["model"]["kwargs"] = {"num_classes": 3}  # weights of shape 10 do not fit
+    torch.save(raw, tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        load_checkpoint(tmp_path / "s.pt")
+    raw["model"]["kwargs"], raw["step"] = {"num_classes": 10}, None
+    torch.save(raw, tmp_path / "n.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "n.pt")
+    raw["step"] = 3
     raw["model"]["name"] = "vit-huge"
     torch.save(raw, tmp_path / "u.pt")
     with pytest.raises(CheckpointError, match="unknown model 'vit-huge'"):

@@ -237,7 +237,8 @@ def robustness(
             m.training = mode
         if bar is not None:
             bar.close()
-    acc = (distributed.all_reduce_sum(correct) / n).tolist()
+    # NCCL reduces only device tensors
+    acc = (distributed.all_reduce_sum(correct.to(run_device)).cpu() / n).tolist()
     accuracy = {
         c: tuple(acc[1 + i * len(severities) + j] for j in range(len(severities)))
         for i, c in enumerate(corruptions)

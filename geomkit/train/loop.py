@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from geomkit import distributed
 from geomkit.checkpoint import load_checkpoint, save_checkpoint
 from geomkit.data import DataSpec, augment_batch, info, load_split
-from geomkit.errors import CheckpointError
+from geomkit.device import resolve_device
+from geomkit.errors import GeomkitError
 from geomkit.models import build, family
 from geomkit.train.config import TrainConfig
 from geomkit.train.sam import SAM, sam_step
@@ -46,20 +47,6 @@ class TrainResult:
     steps: int
     seconds: float
     samples_per_second: float
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when present (this rank's GPU under torchrun), else CPU."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            import os
-
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("--device cuda was asked for but CUDA is not available")
-    return dev
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -154,7 +141,14 @@ def train(
     x_test, y_test = load_split(spec.replace(augment=False), "test")
     n = len(x_train)
     world, rank = distributed.world_size(), distributed.rank()
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    if world > 1 and cfg.batch_size % world:
+        raise GeomkitError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+    # Under DDP every rank must get a non-empty, equal slice of each global batch (an
+    # empty slice gives a NaN loss on one rank and a deadlock on the others; unequal
+    # slices would be averaged with equal weights), so the incomplete last batch is dropped.
+    steps_per_epoch = n // cfg.batch_size if world > 1 else math.ceil(n / cfg.batch_size)
+    if steps_per_epoch < 1:
+        raise GeomkitError(f"--batch-size {cfg.batch_size} exceeds the {n} training examples")
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     base_lrs = [g["lr"] for g in optimizer.param_groups]

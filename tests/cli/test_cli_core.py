@@ -42,6 +42,7 @@ def test_models_lists_registry(capsys):
         (["train", "--model", "vit-huge", "--out", "OUT", "--data", "synthetic"], "unknown model 'vit-huge'"),
         (["train", "--data", "imagenet", "--out", "OUT"], "unknown data source"),
         (["train", "--model-arg", "depth", "--out", "OUT", "--data", "synthetic"], "KEY=VALUE"),
+        (["train", "--device", "foo", "--out", "OUT", "--data", "synthetic"], "--device must be"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, match, capsys, tmp_path):
@@ -49,6 +50,16 @@ def test_user_errors_exit_2_with_one_line(argv, match, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("geomkit: error:") and match in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["hessian", "ntk", "landscape"])
+def test_bad_device_is_a_user_error(run_dir, command, capsys, tmp_path):
+    argv = [command, str(run_dir / "last.pt"), "--device", "tpu9", "--samples", "16"]
+    if command == "landscape":
+        argv += ["--out", str(tmp_path / "s.h5")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device must be" in err and "\n" not in err
 
 
 def test_console_script_and_help():
