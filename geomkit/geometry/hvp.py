@@ -34,9 +34,9 @@ by a probe forward + ``create_graph`` backward on a few examples, scaled to this
 rank's N) and picks ``reuse`` when it fits the memory budget (default: half the
 free CUDA memory, a quarter of the available RAM on CPU), else ``stream`` (with a
 batch size that fits when none was given).  Measured on the shared 2-core CPU
-box (``docs/benchmarks/hessian.md``, trained vit-tiny / resnet-tiny, N=512):
-per product ``reuse`` costs 0.62x / 0.64x a plain double backward, ``stream``
-0.83x / 0.97x, ``func`` 1.10x / 1.07x.
+box (``docs/benchmarks/hessian.md``, vit-tiny / resnet-tiny trained and at
+initialization, N=512 and 1024): per product ``reuse`` costs 0.67–0.79x a plain
+double backward, ``stream`` 0.88–1.14x, ``func`` 1.01–1.63x.
 
 The model itself is never changed: products use ``torch.func.functional_call``
 with detached (and, for ``dtype``/``device``, converted) copies of the parameters
