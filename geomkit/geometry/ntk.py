@@ -39,9 +39,9 @@ held.  :math:`J_k` is filled ``batch_size`` rows at a time:
   the statistics of the whole :math:`N`-example batch, so :math:`f(x_i)` depends on every
   :math:`x_j` and per-example gradients of single-example forwards would be wrong.  The
   model is run once on all :math:`N` inputs and the rows of the Jacobian of that batched
-  forward are pulled back with ``vmap`` over cotangents of a ``torch.func.vjp``
+  forward are pulled back one by one through one retained ``torch.func.vjp``
   (:math:`e_i \otimes \mathbf 1_C` in ``sum`` mode, :math:`e_i \otimes e_c` otherwise):
-  exactly what TE-NAS's per-row ``backward`` loop computes, vectorized.  Running
+  exactly what TE-NAS's per-row ``backward`` loop computes, at the same cost.  Running
   statistics are neither used nor updated (``track_running_stats`` is switched off for
   the duration and restored).
 
@@ -563,18 +563,23 @@ def _chunk_jacobian(
             del out
             flat = jac.view(n * cp, off)
             rows = n * cp
+            # One VJP per row through the retained batch graph.  vmap over the cotangents
+            # measured 2.5-4x slower than this loop on CPU (resnet-tiny, N=128: 2.2-4.0 s
+            # vs 0.85-0.95 s), so the rows are pulled back one at a time.
+            cot = torch.zeros(n, c, dtype=ref.dtype, device=ref.device)
             for lo in range(0, rows, b):
                 hi = min(lo + b, rows)
-                idx = torch.arange(lo, hi, device=ref.device)
-                cot = torch.zeros(hi - lo, n, c, dtype=ref.dtype, device=ref.device)
-                if mode == "sum":
-                    cot[torch.arange(hi - lo), idx] = 1.0
-                else:
-                    cot[torch.arange(hi - lo), idx // c, idx % c] = 1.0
-                (g,) = vmap(pull)(cot)
-                for k, (a, z) in offsets.items():
-                    flat[lo:hi, a:z] = g[k].reshape(hi - lo, z - a)
-                del g, cot
+                for r in range(lo, hi):
+                    i, j = (r, None) if mode == "sum" else divmod(r, c)
+                    if j is None:
+                        cot[i] = 1.0
+                    else:
+                        cot[i, j] = 1.0
+                    (g,) = pull(cot)
+                    cot.zero_()
+                    for k, (a, z) in offsets.items():
+                        flat[r, a:z] = g[k].reshape(-1)
+                    del g
                 bar.update(1)
     return jac
 
