@@ -66,6 +66,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from geomkit import distributed
@@ -226,7 +227,9 @@ class HessianOperator:
 
     # ------------------------------------------------------------------ helpers
     def _forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> torch.Tensor:
-        with analysis_mode(self.model, self.bn):
+        # The math attention backend: PyTorch's fused CPU scaled_dot_product_attention
+        # (used by timm's ViTs) has neither a double backward nor forward-mode AD.
+        with analysis_mode(self.model, self.bn), sdpa_kernel(SDPBackend.MATH):
             return functional_call(
                 self.model, {**self._fixed, **leaves, **self._buffers}, (x,), strict=False
             )
@@ -361,8 +364,9 @@ class HessianOperator:
             bufs = self._buffers
             if self.bn == "train":  # BatchNorm updates these in place: no captured tensors
                 bufs = {n: b.clone() for n, b in bufs.items()}
-            out = functional_call(self.model, {**self._fixed, **rest, **bp, **bufs},
-                                  (x,), strict=False)
+            with sdpa_kernel(SDPBackend.MATH):  # fused CPU attention has no forward AD
+                out = functional_call(self.model, {**self._fixed, **rest, **bp, **bufs},
+                                      (x,), strict=False)
             return _loss_sum(out, y, self.n_total)
 
         primals = {n: self._leaves[n].detach() for n in names}

@@ -149,3 +149,37 @@ def test_pyhessian_cross_check_on_trained_model():
         torch.set_default_dtype(old)
     assert ours > 0
     assert abs(ours - theirs) / abs(ours) < 1e-3, (ours, theirs)
+
+
+class _SdpaNet(torch.nn.Module):
+    """Attention through F.scaled_dot_product_attention, as timm's ViTs do."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(4, 12)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x.reshape(len(x), 1, 4, 4)).chunk(3, dim=-1)  # [B, heads, T, d]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.head(out.mean((1, 2)))
+
+
+@pytest.mark.parametrize("strategy", ["reuse", "stream", "func"])
+def test_fused_attention_models_are_differentiated_twice(strategy):
+    """The fused CPU SDPA kernel has no double backward; the HVP must still work (float32,
+    where the fused kernel is chosen) and agree with the dense oracle (float64)."""
+    torch.manual_seed(0)
+    model = _SdpaNet()
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    res = hessian_eigs(model, x, y, blocks=("whole",), strategy=strategy, tol=1e-8,
+                       dtype=torch.float64)
+    m64 = _SdpaNet().double()
+    m64.load_state_dict(model.state_dict())
+    names = [n for n, _ in m64.named_parameters()]
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        dense = dense_hessian(m64, names, x.double(), y)
+    top = torch.linalg.eigvalsh(dense)[-1].item()
+    assert abs(res.blocks["whole"].lambda_max - top) <= 1e-6 * abs(top)
+    res32 = hessian_eigs(model, x, y, blocks=("whole",), strategy=strategy)
+    assert abs(res32.blocks["whole"].lambda_max - top) <= 1e-3 * abs(top)
