@@ -84,12 +84,14 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], file=None
     file = file or sys.stdout
     cells = [[fmt(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(headers))]
+    numeric = [
+        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    ]
 
     def line(vals: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)
-        ).rstrip()
+        cols = zip(vals, widths, numeric, strict=True)
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in cols).rstrip()
 
     print(line(headers), file=file)
     print("  ".join("-" * w for w in widths), file=file)

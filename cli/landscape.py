@@ -16,7 +16,6 @@ from cli._common import (
     print_json,
     print_table,
 )
-
 from geomkit.device import resolve_device
 
 ORDER = 50

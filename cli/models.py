@@ -11,8 +11,11 @@ ORDER = 12
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered models",
-                       description="List the registered model names (for --model).")
+    p = sub.add_parser(
+        "models",
+        help="list the registered models",
+        description="List the registered model names (for --model).",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cli._common import add_device_flag, add_json_flag, nonneg_float, positive_int, print_json, print_table
+from cli._common import (
+    add_device_flag,
+    add_json_flag,
+    nonneg_float,
+    positive_int,
+    print_json,
+    print_table,
+)
 from geomkit.data import list_sources
 from geomkit.train import TrainConfig, train
 from geomkit.train.config import OPTIMIZERS, SCHEDULES
@@ -21,34 +28,64 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every epoch (atomically); --resume continues an interrupted run exactly. Under "
         "torchrun the run is data-parallel (DDP; SAM's perturbation is computed per worker).",
     )
-    p.add_argument("--model", default="vit-tiny", help="registered model name (see `geomkit models`)")
+    p.add_argument(
+        "--model", default="vit-tiny", help="registered model name (see `geomkit models`)"
+    )
     p.add_argument("--data", default="digits", help=f"data source: {', '.join(list_sources())}")
     p.add_argument("--data-root", default=None, help="directory or file of the data source")
-    p.add_argument("--image-size", type=positive_int, default=None, help="resize images (default: native)")
-    p.add_argument("--subset", type=float, default=1.0, help="fraction of the training set, class-balanced")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="resize images (default: native)"
+    )
+    p.add_argument(
+        "--subset", type=float, default=1.0, help="fraction of the training set, class-balanced"
+    )
     p.add_argument("--subset-seed", type=int, default=0, help="seed choosing the subset")
-    p.add_argument("--augment", action="store_true",
-                   help="light Inception-like augmentation (random resized crop, flip where "
-                   "meaningful); off by default: on 8x8 digits it cost vit-tiny 9 points")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="light Inception-like augmentation (random resized crop, flip where "
+        "meaningful); off by default: on 8x8 digits it cost vit-tiny 9 points",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="default: adamw")
-    p.add_argument("--base-optimizer", choices=("sgd", "adamw"), default=None,
-                   help="optimizer wrapped by SAM (default per family: adamw for ViT/Mixer, sgd for ResNet)")
-    p.add_argument("--rho", type=nonneg_float, default=None,
-                   help="SAM radius (default per family: ViT 0.1, Mixer 0.3, ResNet 0.05)")
-    p.add_argument("--lr", type=nonneg_float, default=None, help="peak learning rate (default per family)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=None, help="decoupled/L2 weight decay")
+    p.add_argument(
+        "--base-optimizer",
+        choices=("sgd", "adamw"),
+        default=None,
+        help="optimizer wrapped by SAM (default per family: adamw for ViT/Mixer, sgd for ResNet)",
+    )
+    p.add_argument(
+        "--rho",
+        type=nonneg_float,
+        default=None,
+        help="SAM radius (default per family: ViT 0.1, Mixer 0.3, ResNet 0.05)",
+    )
+    p.add_argument(
+        "--lr", type=nonneg_float, default=None, help="peak learning rate (default per family)"
+    )
+    p.add_argument(
+        "--weight-decay", type=nonneg_float, default=None, help="decoupled/L2 weight decay"
+    )
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--batch-size", type=positive_int, default=64, help="global batch size")
     p.add_argument("--warmup-epochs", type=nonneg_float, default=2.0)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--label-smoothing", type=nonneg_float, default=0.0)
-    p.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="max gradient norm; 0 disables")
+    p.add_argument(
+        "--grad-clip", type=nonneg_float, default=1.0, help="max gradient norm; 0 disables"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    p.add_argument("--save-best", action="store_true", help="also keep OUT/best.pt (by test accuracy)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model constructor argument (repeatable), e.g. depth=6")
+    p.add_argument(
+        "--save-best", action="store_true", help="also keep OUT/best.pt (by test accuracy)"
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra model constructor argument (repeatable), e.g. depth=6",
+    )
     p.add_argument("--out", required=True, help="run directory (OUT/last.pt)")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,20 +112,46 @@ def _model_args(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = {"source": args.data, "root": args.data_root, "image_size": args.image_size,
-            "augment": args.augment, "subset": args.subset, "subset_seed": args.subset_seed}
+    data = {
+        "source": args.data,
+        "root": args.data_root,
+        "image_size": args.image_size,
+        "augment": args.augment,
+        "subset": args.subset,
+        "subset_seed": args.subset_seed,
+    }
     cfg = TrainConfig(
-        model=args.model, model_kwargs=_model_args(args.model_arg), data=data,
-        optimizer=args.optimizer, base_optimizer=args.base_optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, momentum=args.momentum, rho=args.rho, epochs=args.epochs,
-        batch_size=args.batch_size, warmup_epochs=args.warmup_epochs, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, grad_clip=args.grad_clip or None, seed=args.seed,
-        device=args.device, bf16=args.bf16, save_best=args.save_best,
+        model=args.model,
+        model_kwargs=_model_args(args.model_arg),
+        data=data,
+        optimizer=args.optimizer,
+        base_optimizer=args.base_optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        momentum=args.momentum,
+        rho=args.rho,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        warmup_epochs=args.warmup_epochs,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        grad_clip=args.grad_clip or None,
+        seed=args.seed,
+        device=args.device,
+        bf16=args.bf16,
+        save_best=args.save_best,
     )
     r = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    row = {"checkpoint": str(r.checkpoint), "test_acc": r.test_acc, "test_loss": r.test_loss,
-           "train_loss": r.train_loss, "epochs": r.epochs, "steps": r.steps,
-           "seconds": r.seconds, "samples_per_second": r.samples_per_second}
+    row = {
+        "checkpoint": str(r.checkpoint),
+        "test_acc": r.test_acc,
+        "test_loss": r.test_loss,
+        "train_loss": r.train_loss,
+        "epochs": r.epochs,
+        "steps": r.steps,
+        "seconds": r.seconds,
+        "samples_per_second": r.samples_per_second,
+    }
     if args.json:
         print_json(row)
     else:

@@ -115,7 +115,9 @@ class Checkpoint:
     def _sha256(self) -> str:
         return file_sha256(self.path)
 
-    def analysis_data(self, split: str = "train", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def analysis_data(
+        self, split: str = "train", n: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The analysis-data rule: the first ``n`` examples of ``split`` in the source's
         canonical order, with this checkpoint's eval preprocessing and no augmentation.
 
@@ -158,8 +160,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"not a checkpoint file: {p}")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError,
-            ValueError, KeyError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+    ) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{p} is not a readable checkpoint (truncated or not a torch file): {reason[:160]}"
@@ -177,7 +186,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
         except RuntimeError as e:  # shape mismatches
             reason = str(e).strip().splitlines()[-1].strip()
-            raise CheckpointError(f"{p}: weights do not fit model {name!r}: {reason[:160]}") from None
+            raise CheckpointError(
+                f"{p}: weights do not fit model {name!r}: {reason[:160]}"
+            ) from None
         if missing or unexpected:
             raise CheckpointError(
                 f"{p}: weights do not fit model {name!r} "
@@ -189,7 +200,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             raise CheckpointError(f"{p}: bad data spec: {e}") from None
         step, epoch = int(payload.get("step", 0)), int(payload.get("epoch", 0))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{p} is a damaged geomkit checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{p} is a damaged geomkit checkpoint ({type(e).__name__}: {e})"
+        ) from None
     model.to(device).eval()
     return Checkpoint(
         path=p.resolve(),

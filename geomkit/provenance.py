@@ -23,7 +23,7 @@ def provenance() -> dict[str, Any]:
         "numpy_version": str(numpy.__version__),
         "python_version": platform.python_version(),
         "host": socket.gethostname(),
-        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cuda": str(torch.version.cuda or ""),
     }
 

@@ -13,8 +13,17 @@ def _save(path, **kw):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(4, 1, 8, 8)).sum().backward()
     opt.step()
-    save_checkpoint(path, model, config={"optimizer": "sgd", "lr": 0.1}, data_spec=DataSpec("digits"),
-                    optimizer=opt, step=3, epoch=1, metrics={"test_acc": 0.5}, **kw)
+    save_checkpoint(
+        path,
+        model,
+        config={"optimizer": "sgd", "lr": 0.1},
+        data_spec=DataSpec("digits"),
+        optimizer=opt,
+        step=3,
+        epoch=1,
+        metrics={"test_acc": 0.5},
+        **kw,
+    )
     return model
 
 
@@ -37,7 +46,9 @@ def test_round_trip_with_weights_only(tmp_path):
         ck.analysis_data("train", 10**6)
     # a fresh model: same architecture, new weights, seeded
     a, b = ck.fresh_model(1), ck.fresh_model(1)
-    assert torch.equal(a.fc.weight, b.fc.weight) and not torch.equal(a.fc.weight, ck.model.fc.weight)
+    assert torch.equal(a.fc.weight, b.fc.weight) and not torch.equal(
+        a.fc.weight, ck.model.fc.weight
+    )
 
 
 def test_run_directory_resolves_to_last(tmp_path):

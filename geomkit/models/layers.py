@@ -21,9 +21,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, image_size: int, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
         if patch_size < 1 or image_size % patch_size:
-            raise ModelError(
-                f"patch_size {patch_size} must divide image_size {image_size}"
-            )
+            raise ModelError(f"patch_size {patch_size} must divide image_size {image_size}")
         self.grid = image_size // patch_size
         self.num_patches = self.grid * self.grid
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)

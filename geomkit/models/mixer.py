@@ -61,7 +61,9 @@ class MlpMixer(nn.Module):
 
 
 def _mixer(defaults: dict, image_size: int, in_chans: int, num_classes: int, **kw) -> MlpMixer:
-    return MlpMixer(image_size=image_size, in_chans=in_chans, num_classes=num_classes, **{**defaults, **kw})
+    return MlpMixer(
+        image_size=image_size, in_chans=in_chans, num_classes=num_classes, **{**defaults, **kw}
+    )
 
 
 @register("mixer", "MLP-Mixer with every architecture argument exposed")
@@ -69,7 +71,9 @@ def mixer(image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **k
     return MlpMixer(image_size=image_size, in_chans=in_chans, num_classes=num_classes, **kw)
 
 
-@register("mixer-tiny", "small Mixer for CPU studies (width 64, depth 4, token MLP 32, channel MLP 128)")
+@register(
+    "mixer-tiny", "small Mixer for CPU studies (width 64, depth 4, token MLP 32, channel MLP 128)"
+)
 def mixer_tiny(image_size: int = 8, in_chans: int = 1, num_classes: int = 10, **kw) -> MlpMixer:
     d = dict(embed_dim=64, depth=4, tokens_dim=32, channels_dim=128)
     return _mixer(d, image_size, in_chans, num_classes, **kw)

@@ -102,7 +102,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(w0)
         self.act1 = nn.ReLU()
         inplanes = w0
-        for s, (n, w) in enumerate(zip(layers, widths)):
+        for s, (n, w) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if s == 0 else 2
             stage = []
             for j in range(n):
@@ -131,25 +131,44 @@ def resnet(in_chans: int = 3, num_classes: int = 10, image_size: int | None = No
     return ResNet(in_chans=in_chans, num_classes=num_classes, image_size=image_size, **kw)
 
 
-@register("resnet-tiny", "small CIFAR-style ResNet for CPU studies (1 basic block per stage, 16/32/64)")
+@register(
+    "resnet-tiny", "small CIFAR-style ResNet for CPU studies (1 basic block per stage, 16/32/64)"
+)
 def resnet_tiny(image_size: int = 8, in_chans: int = 1, num_classes: int = 10, **kw) -> ResNet:
-    return ResNet(**{"layers": (1, 1, 1), "widths": (16, 32, 64), **kw},
-                  in_chans=in_chans, num_classes=num_classes, image_size=image_size)
+    return ResNet(
+        **{"layers": (1, 1, 1), "widths": (16, 32, 64), **kw},
+        in_chans=in_chans,
+        num_classes=num_classes,
+        image_size=image_size,
+    )
 
 
 @register("resnet20", "CIFAR ResNet-20 (3 basic blocks per stage, 16/32/64; 0.27M params)")
 def resnet20(image_size: int = 32, in_chans: int = 3, num_classes: int = 10, **kw) -> ResNet:
-    return ResNet(**{"layers": (3, 3, 3), "widths": (16, 32, 64), **kw},
-                  in_chans=in_chans, num_classes=num_classes, image_size=image_size)
+    return ResNet(
+        **{"layers": (3, 3, 3), "widths": (16, 32, 64), **kw},
+        in_chans=in_chans,
+        num_classes=num_classes,
+        image_size=image_size,
+    )
 
 
 @register("resnet56", "CIFAR ResNet-56 (9 basic blocks per stage, 16/32/64; 0.85M params)")
 def resnet56(image_size: int = 32, in_chans: int = 3, num_classes: int = 10, **kw) -> ResNet:
-    return ResNet(**{"layers": (9, 9, 9), "widths": (16, 32, 64), **kw},
-                  in_chans=in_chans, num_classes=num_classes, image_size=image_size)
+    return ResNet(
+        **{"layers": (9, 9, 9), "widths": (16, 32, 64), **kw},
+        in_chans=in_chans,
+        num_classes=num_classes,
+        image_size=image_size,
+    )
 
 
 @register("resnet50", "ImageNet ResNet-50 (bottlenecks 3/4/6/3; ~25.6M params)")
 def resnet50(image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw) -> ResNet:
-    d = {"layers": (3, 4, 6, 3), "widths": (64, 128, 256, 512), "block": "bottleneck", "stem": "imagenet"}
+    d = {
+        "layers": (3, 4, 6, 3),
+        "widths": (64, 128, 256, 512),
+        "block": "bottleneck",
+        "stem": "imagenet",
+    }
     return ResNet(**{**d, **kw}, in_chans=in_chans, num_classes=num_classes, image_size=image_size)

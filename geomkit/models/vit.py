@@ -87,29 +87,43 @@ class VisionTransformer(nn.Module):
         return self.head(x)
 
 
-def _vit(defaults: dict, image_size: int, in_chans: int, num_classes: int, **kw) -> VisionTransformer:
+def _vit(
+    defaults: dict, image_size: int, in_chans: int, num_classes: int, **kw
+) -> VisionTransformer:
     cfg = {**defaults, **kw}
-    return VisionTransformer(image_size=image_size, in_chans=in_chans, num_classes=num_classes, **cfg)
+    return VisionTransformer(
+        image_size=image_size, in_chans=in_chans, num_classes=num_classes, **cfg
+    )
 
 
 @register("vit", "ViT with every architecture argument exposed")
-def vit(image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw) -> VisionTransformer:
-    return VisionTransformer(image_size=image_size, in_chans=in_chans, num_classes=num_classes, **kw)
+def vit(
+    image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw
+) -> VisionTransformer:
+    return VisionTransformer(
+        image_size=image_size, in_chans=in_chans, num_classes=num_classes, **kw
+    )
 
 
 @register("vit-tiny", "small ViT for CPU studies (width 64, depth 4, 4 heads, MLP ×2)")
-def vit_tiny(image_size: int = 8, in_chans: int = 1, num_classes: int = 10, **kw) -> VisionTransformer:
+def vit_tiny(
+    image_size: int = 8, in_chans: int = 1, num_classes: int = 10, **kw
+) -> VisionTransformer:
     d = dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
     return _vit(d, image_size, in_chans, num_classes, **kw)
 
 
 @register("vit-s16", "ViT-S/16 (width 384, depth 12, 6 heads; ~22M params)")
-def vit_s16(image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw) -> VisionTransformer:
+def vit_s16(
+    image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw
+) -> VisionTransformer:
     d = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0)
     return _vit(d, image_size, in_chans, num_classes, **kw)
 
 
 @register("vit-b16", "ViT-B/16 (width 768, depth 12, 12 heads; ~86M params)")
-def vit_b16(image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw) -> VisionTransformer:
+def vit_b16(
+    image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw
+) -> VisionTransformer:
     d = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
     return _vit(d, image_size, in_chans, num_classes, **kw)

@@ -61,7 +61,8 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             bad(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.base_optimizer is not None and self.base_optimizer not in BASE_OPTIMIZERS:
-            bad(f"unknown base optimizer {self.base_optimizer!r}; valid: {', '.join(BASE_OPTIMIZERS)}")
+            valid = ", ".join(BASE_OPTIMIZERS)
+            bad(f"unknown base optimizer {self.base_optimizer!r}; valid: {valid}")
         if self.schedule not in SCHEDULES:
             bad(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -120,8 +120,12 @@ def train(
     ddp = distributed.init(device)
     spec = DataSpec.from_dict(cfg.data)
     dinfo = info(spec)
-    kwargs = {"image_size": dinfo.image_size, "in_chans": dinfo.in_chans,
-              "num_classes": dinfo.num_classes, **cfg.model_kwargs}
+    kwargs = {
+        "image_size": dinfo.image_size,
+        "in_chans": dinfo.in_chans,
+        "num_classes": dinfo.num_classes,
+        **cfg.model_kwargs,
+    }
     torch.manual_seed(cfg.seed)
     model = build(cfg.model, **kwargs)
     cfg = cfg.resolved(family(model))
@@ -142,7 +146,9 @@ def train(
     n = len(x_train)
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1 and cfg.batch_size % world:
-        raise GeomkitError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+        raise GeomkitError(
+            f"--batch-size {cfg.batch_size} must be divisible by the {world} processes"
+        )
     # Under DDP every rank must get a non-empty, equal slice of each global batch (an
     # empty slice gives a NaN loss on one rank and a deadlock on the others; unequal
     # slices would be averaged with equal weights), so the incomplete last batch is dropped.
@@ -154,17 +160,29 @@ def train(
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     if opt_state is not None:  # stored lrs are scheduled ones: recover the peak from cfg
         base_lrs = [cfg.lr for _ in optimizer.param_groups]
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
-           else nullcontext())
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.bf16 and device.type == "cuda"
+        else nullcontext()
+    )
     history: list[dict[str, Any]] = list(prior_metrics.get("history", []))
     step = start_epoch * steps_per_epoch
     t0 = time.perf_counter()
     seen = 0
     train_loss = prior_metrics.get("train_loss", math.nan)
-    test_loss, test_acc = prior_metrics.get("test_loss", math.nan), prior_metrics.get("test_acc", math.nan)
+    test_loss, test_acc = (
+        prior_metrics.get("test_loss", math.nan),
+        prior_metrics.get("test_acc", math.nan),
+    )
     best = prior_metrics.get("best_test_acc", -1.0)
-    bar = tqdm(total=total, initial=step, disable=not progress or not distributed.is_main(),
-               desc=f"{cfg.model}/{cfg.label}", unit="step", leave=False)
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not progress or not distributed.is_main(),
+        desc=f"{cfg.model}/{cfg.label}",
+        unit="step",
+        leave=False,
+    )
 
     def loss_fn(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with amp:
@@ -186,10 +204,15 @@ def train(
                     xb = augment_batch(xb, spec, ga)
                 xb, yb = xb.to(device), y_train[idx].to(device)
                 f = lr_factor(step, total, warmup, cfg.schedule)
-                for grp, lr0 in zip(optimizer.param_groups, base_lrs):
+                for grp, lr0 in zip(optimizer.param_groups, base_lrs, strict=True):
                     grp["lr"] = lr0 * f
                 if cfg.is_sam:
-                    loss = sam_step(net, optimizer, lambda: loss_fn(xb, yb), max_grad_norm=cfg.grad_clip)
+                    loss = sam_step(
+                        net,
+                        optimizer,
+                        lambda xb=xb, yb=yb: loss_fn(xb, yb),
+                        max_grad_norm=cfg.grad_clip,
+                    )
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     loss = loss_fn(xb, yb)
@@ -208,17 +231,36 @@ def train(
                 bar.update(1)
             train_loss = run_loss / max(run_n, 1)
             test_loss, test_acc = evaluate(model, x_test, y_test, device)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss,
-                            "test_loss": test_loss, "test_acc": test_acc, "lr": f * cfg.lr})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "test_loss": test_loss,
+                    "test_acc": test_acc,
+                    "lr": f * cfg.lr,
+                }
+            )
             bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
             elapsed = prior_metrics.get("train_seconds", 0.0) + time.perf_counter() - t0
-            metrics = {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
-                       "history": history, "train_seconds": elapsed,
-                       "samples_per_second": seen / max(time.perf_counter() - t0, 1e-9),
-                       "best_test_acc": max(best, test_acc), "world_size": world}
+            metrics = {
+                "train_loss": train_loss,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "history": history,
+                "train_seconds": elapsed,
+                "samples_per_second": seen / max(time.perf_counter() - t0, 1e-9),
+                "best_test_acc": max(best, test_acc),
+                "world_size": world,
+            }
             if distributed.is_main():
-                kw = dict(config=cfg.to_dict() | {"model_kwargs": kwargs}, data_spec=spec,
-                          optimizer=optimizer, step=step, epoch=epoch + 1, metrics=metrics)
+                kw = dict(
+                    config=cfg.to_dict() | {"model_kwargs": kwargs},
+                    data_spec=spec,
+                    optimizer=optimizer,
+                    step=step,
+                    epoch=epoch + 1,
+                    metrics=metrics,
+                )
                 save_checkpoint(last, model, **kw)
                 if cfg.save_best and test_acc > best:
                     save_checkpoint(out_dir / "best.pt", model, **kw)
@@ -228,7 +270,12 @@ def train(
         bar.close()
     seconds = time.perf_counter() - t0
     return TrainResult(
-        checkpoint=last, test_acc=test_acc, test_loss=test_loss, train_loss=train_loss,
-        epochs=cfg.epochs, steps=step, seconds=seconds,
+        checkpoint=last,
+        test_acc=test_acc,
+        test_loss=test_loss,
+        train_loss=train_loss,
+        epochs=cfg.epochs,
+        steps=step,
+        seconds=seconds,
         samples_per_second=seen / seconds if seen else math.nan,
     )

@@ -8,9 +8,23 @@ import pytest
 
 from cli.main import main
 
-TINY = ["--model", "vit-tiny", "--model-arg", "depth=1", "--model-arg", "embed_dim=16",
-        "--model-arg", "num_heads=2", "--data", "synthetic", "--epochs", "1", "--batch-size", "64",
-        "--no-progress"]
+TINY = [
+    "--model",
+    "vit-tiny",
+    "--model-arg",
+    "depth=1",
+    "--model-arg",
+    "embed_dim=16",
+    "--model-arg",
+    "num_heads=2",
+    "--data",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +53,10 @@ def test_models_lists_registry(capsys):
     "argv,match",
     [
         (["info", "/nonexistent/x.pt"], "no such checkpoint"),
-        (["train", "--model", "vit-huge", "--out", "OUT", "--data", "synthetic"], "unknown model 'vit-huge'"),
+        (
+            ["train", "--model", "vit-huge", "--out", "OUT", "--data", "synthetic"],
+            "unknown model 'vit-huge'",
+        ),
         (["train", "--data", "imagenet", "--out", "OUT"], "unknown data source"),
         (["train", "--model-arg", "depth", "--out", "OUT", "--data", "synthetic"], "KEY=VALUE"),
         (["train", "--device", "foo", "--out", "OUT", "--data", "synthetic"], "--device must be"),
@@ -67,5 +84,7 @@ def test_console_script_and_help():
     assert out.returncode == 0
     for cmd in ("train", "info", "models"):
         assert cmd in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "cli", "info", "nope.pt"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cli", "info", "nope.pt"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

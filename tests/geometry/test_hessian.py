@@ -12,15 +12,6 @@ from tests.cases import CASE_NAMES, make_case
 from tests.geometry._hessian_oracle import cached_block_hessians, dense_hessian
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny float64 models: intra-op threads only add contention on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rel(a, b, scale):
     return abs(a - b) / max(abs(b), scale)
 

@@ -17,15 +17,6 @@ from tests.geometry._hessian_oracle import (
     loop_hessian,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny float64 models: intra-op threads only add contention on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 STRATS = ("reuse", "stream", "func")
 
 

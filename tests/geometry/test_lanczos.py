@@ -10,15 +10,6 @@ import geomkit.geometry.lanczos as lanczos_mod
 from geomkit.geometry.lanczos import LanczosRun, error_bounds, lanczos, start_vector
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny float64 models: intra-op threads only add contention on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _sym(n, seed=0, shift=0.0):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(n, n, generator=g, dtype=torch.float64)

@@ -11,14 +11,6 @@ from tests.cases import make_case
 from tests.geometry._hessian_oracle import cached_block_hessians
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("name", ["vit1", "cnn_bn"])
 def test_trace_unbiased_within_three_standard_errors(name):
     case = make_case(name, n=10)

@@ -6,16 +6,27 @@ from geomkit.errors import ModelError
 from geomkit.models import build, family, list_models
 
 SMALL = {  # every registered name, at a size a CPU test can afford
-    "vit": dict(image_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=2, num_heads=2),
+    "vit": dict(
+        image_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=2, num_heads=2
+    ),
     "vit-tiny": dict(image_size=8, in_chans=1, num_classes=3),
     "vit-s16": dict(image_size=32, in_chans=3, num_classes=3, depth=1),
     "vit-b16": dict(image_size=16, in_chans=3, num_classes=3, depth=1, embed_dim=96, num_heads=4),
-    "mixer": dict(image_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=2,
-                  tokens_dim=4, channels_dim=8),
+    "mixer": dict(
+        image_size=8,
+        patch_size=4,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=8,
+        depth=2,
+        tokens_dim=4,
+        channels_dim=8,
+    ),
     "mixer-tiny": dict(image_size=8, in_chans=1, num_classes=3),
     "mixer-s16": dict(image_size=32, in_chans=3, num_classes=3, depth=1),
-    "mixer-b16": dict(image_size=16, in_chans=3, num_classes=3, depth=1, embed_dim=64,
-                      channels_dim=128),
+    "mixer-b16": dict(
+        image_size=16, in_chans=3, num_classes=3, depth=1, embed_dim=64, channels_dim=128
+    ),
     "resnet": dict(in_chans=1, num_classes=3, layers=(1, 1), widths=(4, 8)),
     "resnet-tiny": dict(image_size=8, in_chans=1, num_classes=3),
     "resnet20": dict(image_size=8, in_chans=1, num_classes=3),
@@ -30,8 +41,12 @@ def test_every_registered_model_is_covered():
 
 @pytest.mark.parametrize(
     "name,expected",
-    [("vit-b16", (86e6, 87e6)), ("vit-s16", (21.9e6, 22.3e6)), ("mixer-b16", (59e6, 60e6)),
-     ("resnet50", (25.4e6, 25.7e6))],
+    [
+        ("vit-b16", (86e6, 87e6)),
+        ("vit-s16", (21.9e6, 22.3e6)),
+        ("mixer-b16", (59e6, 60e6)),
+        ("resnet50", (25.4e6, 25.7e6)),
+    ],
 )
 def test_paper_parameter_counts(name, expected):
     with torch.device("meta"):
@@ -51,20 +66,41 @@ def test_unknown_model_lists_valid_names():
 
 def test_timm_parameter_names():
     vit = dict(build("vit-tiny").named_parameters())
-    for k in ["patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight",
-              "blocks.0.attn.proj.weight", "blocks.3.mlp.fc1.weight", "blocks.3.mlp.fc2.bias",
-              "norm.weight", "head.weight"]:
+    for k in [
+        "patch_embed.proj.weight",
+        "cls_token",
+        "pos_embed",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.3.mlp.fc1.weight",
+        "blocks.3.mlp.fc2.bias",
+        "norm.weight",
+        "head.weight",
+    ]:
         assert k in vit
     assert isinstance(dict(build("vit-tiny").named_modules())["blocks.0.mlp.act"], torch.nn.GELU)
     mixer = dict(build("mixer-tiny").named_parameters())
-    for k in ["stem.proj.weight", "blocks.0.mlp_tokens.fc1.weight", "blocks.0.mlp_channels.fc2.weight",
-              "norm.bias", "head.weight"]:
+    for k in [
+        "stem.proj.weight",
+        "blocks.0.mlp_tokens.fc1.weight",
+        "blocks.0.mlp_channels.fc2.weight",
+        "norm.bias",
+        "head.weight",
+    ]:
         assert k in mixer
     res = dict(build("resnet20").named_parameters())
-    for k in ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-              "layer3.2.bn2.bias", "fc.weight"]:
+    for k in [
+        "conv1.weight",
+        "bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer3.2.bn2.bias",
+        "fc.weight",
+    ]:
         assert k in res
-    assert "layer1.0.conv3.weight" in dict(build("resnet50", widths=(8, 8, 8, 8)).named_parameters())
+    assert "layer1.0.conv3.weight" in dict(
+        build("resnet50", widths=(8, 8, 8, 8)).named_parameters()
+    )
 
 
 def test_spec_and_family():
@@ -75,8 +111,17 @@ def test_spec_and_family():
 
 
 def test_avg_pool_vit_has_no_class_token():
-    m = build("vit", image_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1,
-              num_heads=2, global_pool="avg")
+    m = build(
+        "vit",
+        image_size=8,
+        patch_size=4,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=8,
+        depth=1,
+        num_heads=2,
+        global_pool="avg",
+    )
     assert m.cls_token is None and m.pos_embed.shape[1] == 4
     assert m(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
@@ -101,9 +146,9 @@ def test_twice_differentiable(name):
     # double backward HVP
     ps = {k: p.clone().requires_grad_() for k, p in params.items()}
     g = torch.autograd.grad(loss(ps), list(ps.values()), create_graph=True)
-    dot = sum((gi * v[k]).sum() for gi, k in zip(g, ps))
+    dot = sum((gi * v[k]).sum() for gi, k in zip(g, ps, strict=True))
     hv_rev = torch.autograd.grad(dot, list(ps.values()))
-    num = sum((a - hv_fwd[k]).pow(2).sum() for a, k in zip(hv_rev, ps))
+    num = sum((a - hv_fwd[k]).pow(2).sum() for a, k in zip(hv_rev, ps, strict=True))
     den = sum(a.pow(2).sum() for a in hv_rev)
     assert den > 0
     assert num.sqrt() <= 1e-8 * den.sqrt()

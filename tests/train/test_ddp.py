@@ -10,9 +10,27 @@ import torch
 
 from geomkit.checkpoint import load_checkpoint
 
-ARGS = ["train", "--model", "vit-tiny", "--model-arg", "depth=1", "--model-arg", "embed_dim=16",
-        "--model-arg", "num_heads=2", "--data", "synthetic", "--epochs", "2", "--batch-size", "32",
-        "--warmup-epochs", "0", "--no-progress", "--json"]
+ARGS = [
+    "train",
+    "--model",
+    "vit-tiny",
+    "--model-arg",
+    "depth=1",
+    "--model-arg",
+    "embed_dim=16",
+    "--model-arg",
+    "num_heads=2",
+    "--data",
+    "synthetic",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--warmup-epochs",
+    "0",
+    "--no-progress",
+    "--json",
+]
 
 
 def _run(argv, nproc):
@@ -20,8 +38,16 @@ def _run(argv, nproc):
     if nproc == 1:
         cmd = [sys.executable, "-m", "cli", *argv]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "cli", *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "cli",
+            *argv,
+        ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out
@@ -42,5 +68,6 @@ def test_two_processes_equal_one_for_vanilla_and_sam_runs(tmp_path):
     _run([*ARGS, "--optimizer", "sam", "--out", str(tmp_path / "sam")], 2)
     sam = load_checkpoint(tmp_path / "sam")
     assert sam.step == 16 and sam.config["rho"] > 0
-    assert any(not torch.equal(sam.model.state_dict()[k], v)
-               for k, v in one.model.state_dict().items())
+    assert any(
+        not torch.equal(sam.model.state_dict()[k], v) for k, v in one.model.state_dict().items()
+    )

@@ -13,8 +13,9 @@ DATA = {"source": "synthetic", "synthetic_train": 96, "synthetic_test": 32, "syn
 
 
 def _cfg(**kw):
-    base = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=2, batch_size=32,
-                warmup_epochs=0.5)
+    base = dict(
+        model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=2, batch_size=32, warmup_epochs=0.5
+    )
     return TrainConfig(**{**base, **kw})
 
 
