@@ -37,11 +37,14 @@ from .directions import Direction
 
 #: ``batch_size=None`` picks the power of two in [MIN_AUTO_BATCH, MAX_AUTO_BATCH]
 #: whose activations (all leaf-module outputs of one forward) come nearest to
-#: ACTIVATION_BUDGET elements: on CPU the ViT/Mixer (~50k activations per 8x8 digit)
-#: are fastest at 256 and the ResNet (~16k) at 1024, both about this budget.
-ACTIVATION_BUDGET = 1 << 24
+#: ACTIVATION_BUDGET elements.  On an idle 2-core CPU (1 thread, N=1024 digits) resnet-tiny
+#: (~16k activations per 8x8 digit) ran at 36-42 points/s with batches of 128-256 but
+#: 19-22 with 1024; vit-tiny (~50k) was flat between 64 and 256 and slower at 512.  (Under
+#: heavy load the ResNet had preferred 1024 - cache contention - so the first tuning was
+#: wrong for a quiet machine.)  Budget 2^23 with a cap of 256 gives ViT/Mixer 128, ResNet 256.
+ACTIVATION_BUDGET = 1 << 23
 MIN_AUTO_BATCH = 32
-MAX_AUTO_BATCH = 1024
+MAX_AUTO_BATCH = 256
 DEFAULT_BATCH_SIZE = None
 
 
