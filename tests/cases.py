@@ -87,3 +87,24 @@ def make_case(name: str, n: int = 10, dtype: torch.dtype = torch.float64, seed: 
     inputs = torch.randn(n, 1, 4, 4, generator=g, dtype=dtype)
     targets = torch.randint(0, NUM_CLASSES, (n,), generator=g)
     return Case(name, model, inputs, targets)
+
+
+TINY_VIT = dict(image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8, depth=1,
+                num_heads=2)
+
+
+def tiny_checkpoint(path, seed: int = 0, model: str = "vit", optimizer: str = "sgd",
+                    label: str | None = None, **model_kwargs):
+    """Save an untrained tiny model on digits as a checkpoint (for CLI and analysis tests).
+
+    Defaults to a 1-block ViT on 8×8 digits (:data:`TINY_VIT`); ``model_kwargs`` replace it.
+    """
+    from geomkit.checkpoint import save_checkpoint
+    from geomkit.data import DataSpec
+
+    torch.manual_seed(seed)
+    m = build(model, **(model_kwargs or TINY_VIT))
+    config = {"optimizer": optimizer, "seed": seed}
+    if label is not None:
+        config["label"] = label
+    return save_checkpoint(path, m, config=config, data_spec=DataSpec(source="digits"))

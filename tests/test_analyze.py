@@ -1,24 +1,19 @@
 """analyze(): registry, resume/skip/force, settings guard, per-architecture reuse."""
 
 import pytest
-import torch
 
 from geomkit import analyze as A
-from geomkit.checkpoint import save_checkpoint
 from geomkit.data import DataSpec
 from geomkit.errors import CheckpointError, ResultFileError, SpecError
 from geomkit.models import build
 from geomkit.results import load_results
+from tests.cases import tiny_checkpoint
 
 SPEC = DataSpec(source="digits")
 
 
 def tiny_vit(path, seed=0, optimizer="adamw", label="vanilla"):
-    torch.manual_seed(seed)
-    m = build("vit", image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8,
-              depth=1, num_heads=2)
-    return save_checkpoint(path, m, config={"optimizer": optimizer, "label": label, "seed": seed},
-                           data_spec=SPEC)
+    return tiny_checkpoint(path, seed, optimizer=optimizer, label=label)
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,18 @@ import json
 
 import h5py
 import pytest
-import torch
 
 from cli.main import main
-from geomkit.checkpoint import save_checkpoint
-from geomkit.data import DataSpec
-from geomkit.models import build
+from tests.cases import tiny_checkpoint
 
 FAST = ["--measure", "params,activations,robustness", "--samples", "16", "--test-samples", "20",
         "--no-progress"]
 
 
 def _ckpt(path, seed, optimizer, label):
-    torch.manual_seed(seed)
-    m = build("mixer", image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8,
-              depth=2, tokens_dim=4, channels_dim=8)
-    return save_checkpoint(path, m, config={"optimizer": optimizer, "label": label},
-                           data_spec=DataSpec(source="digits"))
+    return tiny_checkpoint(path, seed, model="mixer", optimizer=optimizer, label=label,
+                           image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8,
+                           depth=2, tokens_dim=4, channels_dim=8)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from cli.main import main
-from geomkit.checkpoint import load_checkpoint, save_checkpoint
-from geomkit.data import DataSpec
+from geomkit.checkpoint import load_checkpoint
 from geomkit.geometry.hessian import hessian_eigs
-from geomkit.models import build
+from tests.cases import tiny_checkpoint
 
 N = 16
 
@@ -21,12 +20,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build("vit", image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8,
-                  depth=1, num_heads=2)
-    path = tmp_path_factory.mktemp("ck") / "vit.pt"
-    return save_checkpoint(path, model, config={"optimizer": "sgd", "seed": 0},
-                           data_spec=DataSpec(source="digits"))
+    return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "vit.pt")
 
 
 def _run(capsys, argv):

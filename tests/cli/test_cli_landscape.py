@@ -7,35 +7,16 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from cli.main import main
-from geomkit.checkpoint import save_checkpoint
-from geomkit.data import DataSpec
 from geomkit.geometry.landscape import read_landscape
-from geomkit.models import build
+from tests.cases import tiny_checkpoint
 
 ARGS = ["--x", "-1:1:3", "--y", "-1:1:3", "--samples", "32", "--no-progress"]
 
 
 def _ckpt(path, seed=0):
-    torch.manual_seed(seed)
-    model = build(
-        "vit",
-        image_size=8,
-        patch_size=4,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=8,
-        depth=1,
-        num_heads=2,
-    )
-    return save_checkpoint(
-        path,
-        model,
-        config={"optimizer": "sgd", "seed": seed},
-        data_spec=DataSpec(source="digits"),
-    )
+    return tiny_checkpoint(path, seed)
 
 
 @pytest.fixture(scope="module")

@@ -9,30 +9,16 @@ import pytest
 import torch
 
 from cli.main import main
-from geomkit.checkpoint import load_checkpoint, save_checkpoint
-from geomkit.data import DataSpec
+from geomkit.checkpoint import load_checkpoint
 from geomkit.geometry.ntk import ntk, ntk_at_init
-from geomkit.models import build
+from tests.cases import tiny_checkpoint
 
 N = 8
 
 
-def _plain_provenance():
-    from geomkit.provenance import provenance
-
-    return {k: (str(v) if isinstance(v, str) else v) for k, v in provenance().items()}
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build("vit", image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=8,
-                  depth=1, num_heads=2)
-    path = tmp_path_factory.mktemp("ck") / "vit.pt"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("geomkit.checkpoint.provenance", _plain_provenance)
-        return save_checkpoint(path, model, config={"optimizer": "sgd", "seed": 0},
-                               data_spec=DataSpec(source="digits"))
+    return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "vit.pt")
 
 
 def _run(capsys, argv):
