@@ -157,9 +157,6 @@ def train(
         raise GeomkitError(f"--batch-size {cfg.batch_size} exceeds the {n} training examples")
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    if opt_state is not None:  # stored lrs are scheduled ones: recover the peak from cfg
-        base_lrs = [cfg.lr for _ in optimizer.param_groups]
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if cfg.bf16 and device.type == "cuda"
@@ -204,8 +201,8 @@ def train(
                     xb = augment_batch(xb, spec, ga)
                 xb, yb = xb.to(device), y_train[idx].to(device)
                 f = lr_factor(step, total, warmup, cfg.schedule)
-                for grp, lr0 in zip(optimizer.param_groups, base_lrs, strict=True):
-                    grp["lr"] = lr0 * f
+                for grp in optimizer.param_groups:  # every group peaks at cfg.lr
+                    grp["lr"] = cfg.lr * f
                 if cfg.is_sam:
                     loss = sam_step(
                         net,
