@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from geomkit.errors import SpecError
+from geomkit.models import build
 from geomkit.study import (
     StudyConfig,
     findings,
@@ -83,10 +85,26 @@ def test_presets_load_and_expand():
     subsets = load_study_config("subsets")
     assert sorted({r.subset for r in subsets.runs()}) == [0.1, 0.25, 0.5, 1.0]
     assert any(r.name == "vit-sam-subset0.25-s0" for r in subsets.runs())
-    assert len(load_study_config("fashion").seeds) == 3
-    assert quick.threads == 1 and load_study_config("fashion").threads == 0
+    fashion = load_study_config("fashion")
+    assert len(fashion.seeds) == 3
+    assert quick.threads == fashion.threads == subsets.threads == 1
     # round trip through the JSON-able dict
     assert study_config_from_dict(quick.to_dict(), source="preset:quick") == quick
+
+
+def test_fashion_presets_build_the_models_their_comments_describe():
+    # fashion.toml / subsets.toml state parameter counts and were sized by step time:
+    # the models must build at 28 px, one channel, with those sizes
+    for preset in ("fashion", "subsets"):
+        cfg = load_study_config(preset)
+        counts = {}
+        for r in cfg.runs():
+            tc = r.train_config
+            model = build(tc.model, image_size=28, in_chans=1, num_classes=10,
+                          **tc.model_kwargs)
+            counts[tc.model] = sum(p.numel() for p in model.parameters())
+            assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        assert counts == {"vit": 205_962, "mixer": 111_402, "resnet": 175_610}, preset
 
 
 def test_unknown_preset_lists_valid_ones():
