@@ -229,11 +229,27 @@ def _column_labels(records: tuple[CheckpointRecord, ...]) -> list[str]:
         tag = opt if run in ("", "vanilla", opt) else run
         return f"{r.model}/{tag}"
 
+    def tags(r: CheckpointRecord) -> tuple[str, str]:
+        sub, seed = r.data_spec.get("subset"), r.config.get("seed")
+        return (f"subset {1.0 if sub is None else float(sub):g}",
+                f"s{'?' if seed is None else seed}")
+
     labels = [base(r) for r in records]
-    return [
-        f"{lab} ({r.checkpoint_sha256[:6]})" if labels.count(lab) > 1 else lab
-        for lab, r in zip(labels, records, strict=True)
-    ]
+    out = list(labels)
+    for lab in set(labels):
+        idx = [i for i, x in enumerate(labels) if x == lab]
+        if len(idx) == 1:
+            continue
+        # same label: tell the columns apart by what differs among them (subset, seed),
+        # adding the checkpoint hash where that is not enough (two runs of one config)
+        t = [tags(records[i]) for i in idx]
+        differ = [k for k in (0, 1) if len({x[k] for x in t}) > 1]
+        keys = [" ".join(x[k] for k in differ) for x in t]
+        for i, key in zip(idx, keys, strict=True):
+            if not key or keys.count(key) > 1:
+                key = f"{key} {records[i].checkpoint_sha256[:6]}".strip()
+            out[i] = f"{lab} ({key})"
+    return out
 
 
 def _load(results: Results | str | Path) -> Results:
@@ -269,7 +285,11 @@ def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     sources = sorted({str(r.data_spec.get("source", "?")) for r in res.records})
     notes = []
     if res.records:
-        notes.append(f"Accuracy: top-1 on the {'/'.join(sources)} test split, clean and mean "
+        counts = sorted({int(n) for r in res.records
+                         if (n := r.get("robustness.n_samples")) is not None})
+        on = (f"the first {counts[0]} {'/'.join(sources)} test examples"
+              if len(counts) == 1 else f"the {'/'.join(sources)} test split")
+        notes.append(f"Accuracy: top-1 on {on}, clean and mean "
                      f"over 8 corruptions × severities 1–5 (-C).")
     if with_paper:
         p = paper_tables()[1]

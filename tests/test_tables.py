@@ -10,7 +10,7 @@ import pytest
 
 from geomkit import tables as T
 from geomkit.errors import ResultFileError, SpecError
-from geomkit.results import ResultsFile
+from geomkit.results import ResultsFile, load_results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_tables.md"
 
@@ -136,6 +136,40 @@ def test_duplicate_labels_are_told_apart(tmp_path):
     for sha in ("111111", "222222"):
         _put(rf, _meta("vit-tiny", "adamw", sha), 10, 1.0, {"whole": 1.0}, acts, 0.5, 0.25)
     assert T.table1(p).col_labels == ("vit-tiny/adamw (111111)", "vit-tiny/adamw (222222)")
+
+
+def test_duplicate_labels_use_seed_and_subset_when_they_differ(tmp_path):
+    p = tmp_path / "r.h5"
+    rf = ResultsFile(p)
+    acts = {"depth": 1, "weight_norm": 1.0, "a": {"first": 1.0, "mid": 1.0, "last": 1.0}}
+    runs = [("aaaaaa", 0, 1.0), ("bbbbbb", 1, 1.0), ("cccccc", 0, 0.5), ("dddddd", 0, 0.5)]
+    for sha, seed, subset in runs:
+        meta = _meta("vit-tiny", "adamw", sha)
+        meta["config"]["seed"] = seed
+        meta["data_spec"]["subset"] = subset
+        _put(rf, meta, 10, 1.0, {"whole": 1.0}, acts, 0.5, 0.25)
+    _put(rf, _meta("mixer-tiny", "sam", "eeeeee", "sam"), 10, 1.0, {"whole": 1.0}, acts, 0.5,
+         0.25)
+    labels = dict(zip([r.checkpoint_sha256[:6] for r in load_results(p).records],
+                      T.table1(p).col_labels, strict=True))
+    assert labels == {
+        "aaaaaa": "vit-tiny/adamw (subset 1 s0)",
+        "bbbbbb": "vit-tiny/adamw (subset 1 s1)",
+        # same seed and subset: only the checkpoint hash tells them apart
+        "cccccc": "vit-tiny/adamw (subset 0.5 s0 cccccc)",
+        "dddddd": "vit-tiny/adamw (subset 0.5 s0 dddddd)",
+        "eeeeee": "mixer-tiny/sam",
+    }
+
+
+def test_accuracy_note_names_the_number_of_test_examples(results, tmp_path):
+    assert "on the digits test split" in " ".join(T.table1(results).notes)
+    p = tmp_path / "n.h5"
+    rf = ResultsFile(p)
+    meta = _meta("vit-tiny", "adamw", "aaaaaa")
+    rf.put(meta, "robustness", {"clean": 0.5, "mean_corrupted": 0.25, "n_samples": 2000},
+           settings={}, seconds=0)
+    assert "top-1 on the first 2000 digits test examples" in " ".join(T.table1(p).notes)
 
 
 def test_empty_file(tmp_path):

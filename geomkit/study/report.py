@@ -295,6 +295,12 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
         "",
         "## Accuracy",
         "",
+        "Test accuracy here, in the findings and in the mean ± std tables is on the whole "
+        "test split at the end of training; the per-checkpoint Table 1's Top-1, and every "
+        "-C number, come from the analysis on "
+        + (f"the first {config.analysis.test_samples}" if config.analysis.test_samples
+           else "all") + " test examples.",
+        "",
         md_table(["run", "epochs", "test acc (%)", "train loss", "train s"],
                  [[r["run"], r["epochs"], _g(100 * r["test_acc"], 4), _g(r["train_loss"]),
                    _g(r["train_seconds"])] for r in rows]),
