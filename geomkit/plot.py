@@ -107,6 +107,19 @@ def _require_2d(surf, kind: str) -> None:
         )
 
 
+def _grid_axes(surface, kind: str, ax, value: str, log: bool, scale: ColorScale | None,
+               projection: str | None = None):
+    """The shared start of the 2-D plots: load, check, colour scale, axes, mesh."""
+    surf = _load(surface)
+    _require_2d(surf, kind)
+    scale = scale or color_scale([surf], value=value, log=log)
+    fig = None
+    if ax is None:
+        fig, ax = _new_figure(projection=projection)
+    X, Y = np.meshgrid(surf.xcoordinates, surf.ycoordinates)
+    return surf, scale, fig, ax, X, Y
+
+
 def _title(surf) -> str:
     a = surf.attrs
     name = a.get("model_name") or (Path(surf.path).stem if surf.path else "")
@@ -124,13 +137,7 @@ def plot_contour(
     cmap: str = "viridis",
 ):
     """Contour lines of ``value`` over ``(x, y)``; returns ``ax`` or a new Figure."""
-    surf = _load(surface)
-    _require_2d(surf, "contour")
-    scale = scale or color_scale([surf], value=value, log=log)
-    fig = None
-    if ax is None:
-        fig, ax = _new_figure()
-    X, Y = np.meshgrid(surf.xcoordinates, surf.ycoordinates)
+    surf, scale, fig, ax, X, Y = _grid_axes(surface, "contour", ax, value, log, scale)
     cs = ax.contour(X, Y, _values(surf, value), levels=scale.levels, norm=_norm(scale), cmap=cmap)
     if labels and len(cs.levels):
         ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
@@ -151,13 +158,7 @@ def plot_contourf(
     cmap: str = "viridis",
 ):
     """Filled contours (heat map) of ``value``; returns ``ax`` or a new Figure."""
-    surf = _load(surface)
-    _require_2d(surf, "contourf")
-    scale = scale or color_scale([surf], value=value, log=log)
-    fig = None
-    if ax is None:
-        fig, ax = _new_figure()
-    X, Y = np.meshgrid(surf.xcoordinates, surf.ycoordinates)
+    surf, scale, fig, ax, X, Y = _grid_axes(surface, "contourf", ax, value, log, scale)
     z = _values(surf, value)
     cf = ax.contourf(
         X,
@@ -185,13 +186,8 @@ def plot_surface(
     cmap: str = "coolwarm",
 ):
     """3-D surface of ``value`` (``ax`` must be a 3-D Axes); NaN cells are left out."""
-    surf = _load(surface)
-    _require_2d(surf, "surface")
-    scale = scale or color_scale([surf], value=value, log=log)
-    fig = None
-    if ax is None:
-        fig, ax = _new_figure(projection="3d")
-    X, Y = np.meshgrid(surf.xcoordinates, surf.ycoordinates)
+    surf, scale, fig, ax, X, Y = _grid_axes(surface, "surface", ax, value, log, scale,
+                                            projection="3d")
     z = _values(surf, value)
     z = np.ma.clip(z, scale.vmin, scale.vmax)
     zz = np.log10(z) if log else z
