@@ -206,6 +206,34 @@ def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
         run_study(changed, out, stages="train", progress=False)
 
 
+def test_landscapes_only_for_the_runs_figure_1_draws(tmp_path: Path, monkeypatch):
+    """Stage 3 computes surfaces for the first seed on the largest subset only: the report's
+    Figure 1 draws those and nothing else (the fashion study had spent 12 of its 18 surfaces
+    on seeds 1-2)."""
+    import geomkit.geometry.landscape as landscape
+    from geomkit.study.run import RunRecord
+    from geomkit.study.stages import landscape_stage
+
+    cfg = study_config_from_dict({"name": "t", "models": ["vit-tiny"], "seeds": [3, 1],
+                                  "data": {"subsets": [0.5, 1.0]}})
+    assert cfg.figure_key == (1.0, 3)
+    records = [RunRecord(spec, tmp_path / spec.name / "last.pt", "reused") for spec in cfg.runs()]
+    assert len(records) == 8
+    asked: list[str] = []
+
+    class Done:
+        complete = True
+
+    def fake(ckpt, path, **kw):
+        asked.append(Path(ckpt).parent.name)
+        return Done()
+
+    monkeypatch.setattr(landscape, "landscape_from_checkpoint", fake)
+    out = landscape_stage(cfg, tmp_path, records, progress=False)
+    assert asked == ["vit-tiny-vanilla-s3", "vit-tiny-sam-s3"]
+    assert sorted(out["landscapes"]) == sorted(asked)
+
+
 def test_markdown_to_html_subset():
     md = ("# T\n\ntext with `code` and **bold** <x>\n\n- a\n- b\n\n"
           "| h | v |\n|---|---|\n| r | 1 |\n\n![f](f.png)\n")

@@ -275,6 +275,12 @@ class StudyConfig:
         tag = "" if subset == 1 else f"-subset{subset_tag(subset)}"
         return f"{model}-{optimizer}{tag}-s{seed}"
 
+    @property
+    def figure_key(self) -> tuple[float, int]:
+        """``(subset, seed)`` of the runs the report's figures draw: the largest subset
+        and the first seed (Figure 1 needs one surface per model and optimizer)."""
+        return max(self.subsets), self.seeds[0]
+
     def runs(self) -> list[RunSpec]:
         """Every run of the study, in a stable order (subset, model, optimizer, seed)."""
         out = []

@@ -226,7 +226,7 @@ def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
     from geomkit import plot
     from geomkit.study import plots
 
-    subset, seed = max(config.subsets), config.seeds[0]
+    subset, seed = config.figure_key
     shown = [r for r in view.rows if r["subset"] == subset and r["seed"] == seed]
     figdir = view.out_dir / "figures"
     out: dict[str, Path] = {}
@@ -336,7 +336,7 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
     lines += ["## Files", "",
               "- `runs/<run>/last.pt`: checkpoints (`geomkit info`, `geomkit.load_checkpoint`)",
               "- `results.h5`: every measurement (`geomkit.results.load_results`)",
-              "- `landscapes/<run>.h5`: loss surfaces (`geomkit plot`), "
+              "- `landscapes/<run>.h5`: loss surfaces of the runs in Figure 1 (`geomkit plot`), "
               "`density/<run>.h5`: spectral densities",
               "- `study.json`: the resolved study config and the accuracy table", ""]
     if timings:

@@ -6,7 +6,8 @@ Layout of ``DIR``::
     runs/<run>/last.pt         one checkpoint per run (<model>-<optimizer>[-subsetF]-s<seed>)
     results.h5                 stage 2: geomkit.analyze results (resumable per measurement)
     density/<run>.h5           stage 2: Hessian spectral density of the whole model
-    landscapes/<run>.h5        stage 3: filter-normalized 2-D surface (resumable per point)
+    landscapes/<run>.h5        stage 3: filter-normalized 2-D surface of each run Figure 1 shows
+                               (first seed, largest subset; resumable per point)
     figures/*.png|pdf          stage 4: landscape grid, λ_max bars, sparsity, densities, -C
     report.md, report.html     stage 4: tables side by side with the paper, findings
 
