@@ -19,9 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a study -- models x optimizers (vanilla/SAM) x data subsets x seeds -- "
         "from a preset or a TOML file: train what is missing into OUT/runs/<run>/last.pt, "
         "measure Hessian lambda_max per block, NTK kappa, activations and corruption "
-        "accuracy into OUT/results.h5, compute a loss landscape per run into "
-        "OUT/landscapes/, and write OUT/report.md and OUT/report.html with the paper's "
-        "Tables 1 and 3 side by side, the figures and which of the paper's findings hold. "
+        "accuracy into OUT/results.h5, compute the loss landscapes of the Figure-1 runs "
+        "(first seed, largest subset) into OUT/landscapes/, and write OUT/report.md and "
+        "OUT/report.html with the paper's Tables 1 and 3 side by side, the figures and "
+        "which of the paper's findings hold. "
         "Re-running reuses finished runs, measurements and grid points; an interrupted run "
         "resumes.",
         epilog=f"presets: {presets}. A study file is TOML (YAML when PyYAML is installed); "

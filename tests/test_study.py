@@ -190,6 +190,7 @@ def test_micro_study_end_to_end_and_rerun_reuses(tmp_path: Path):
     md = r.report.read_text()
     assert "## Findings" in md and "SAM lowers λ_max in every Hessian block" in md
     assert "vit-tiny-sam" in md and "![landscapes](figures/landscapes.png)" in md
+    assert "`landscapes/<run>.h5`" in md and "`density/<run>.h5`" in md
     html = (out / "report.html").read_text()
     assert "<table>" in html and "<img" in html and "<h2>Findings</h2>" in html
     before = _mtimes(out)
@@ -262,6 +263,14 @@ def test_findings_from_numbers(tmp_path: Path):
     assert "2 of 4" in f["SAM lowers λ_max in every Hessian block"].detail
     assert f["SAM raises the weight norm ‖w‖₂"].verdict == "partly"
     assert f["SAM improves test accuracy"].verdict == "partly"
+
+    # the report lists only the files the study wrote (no landscapes, no densities here)
+    from geomkit.study.report import report_markdown
+
+    full = [dict(r, epochs=1, train_loss=0.5, train_seconds=1.0) for r in rows]
+    cfg = study_config_from_dict({"name": "t", "models": ["resnet-tiny", "vit-tiny"]})
+    md = report_markdown(StudyView(tmp_path, {}, full, None), cfg, {})
+    assert "`results.h5`" in md and "landscapes/" not in md and "density/" not in md
 
 
 def test_cli_study_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -333,12 +333,16 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
         for name, path in figures.items():
             rel = os.path.relpath(path, view.out_dir)
             lines += [f"![{name}]({rel})", "", FIGURE_CAPTIONS.get(name, name), ""]
+    out = view.out_dir
     lines += ["## Files", "",
               "- `runs/<run>/last.pt`: checkpoints (`geomkit info`, `geomkit.load_checkpoint`)",
-              "- `results.h5`: every measurement (`geomkit.results.load_results`)",
-              "- `landscapes/<run>.h5`: loss surfaces of the runs in Figure 1 (`geomkit plot`), "
-              "`density/<run>.h5`: spectral densities",
-              "- `study.json`: the resolved study config and the accuracy table", ""]
+              "- `results.h5`: every measurement (`geomkit.results.load_results`)"]
+    if any((out / "landscapes").glob("*.h5")):
+        lines.append("- `landscapes/<run>.h5`: loss surfaces of the runs in Figure 1 "
+                     "(`geomkit plot`)")
+    if any((out / "density").glob("*.h5")):
+        lines.append("- `density/<run>.h5`: Hessian spectral densities")
+    lines += ["- `study.json`: the resolved study config and the accuracy table", ""]
     if timings:
         lines += ["Wall time of this call: "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), ""]
