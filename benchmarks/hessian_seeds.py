@@ -94,12 +94,14 @@ def main() -> None:
                 oracle, stop, err, g_per = lanczos_trace(op, seed, ref)
                 ph, tol, p_per = pyhessian_count(model, x, y, seed, ref)
                 rows.append((stop, oracle, ph))
+                ratio = f"{ph / oracle:.2f}×" if ph and oracle else "–"  # 0: never reached
                 print(f"| {ck.label} | {n} | {seed} | {stop} (err {err:.0e}) | {oracle} "
-                      f"| {ph} ({tol:g}) | {ph / stop:.2f}× | {ph / oracle:.2f}× "
+                      f"| {ph} ({tol:g}) | {ph / stop:.2f}× | {ratio} "
                       f"| {g_per:.3f} / {p_per:.3f} |", flush=True)
             med = [statistics.median(r[i] for r in rows) for i in range(3)]
+            oracle_med = f"{med[2] / med[1]:.2f}×" if med[1] else "–"
             print(f"| {ck.label} | {n} | median | {med[0]:g} | {med[1]:g} | {med[2]:g} "
-                  f"| {med[2] / med[0]:.2f}× | {med[2] / med[1]:.2f}× | |", flush=True)
+                  f"| {med[2] / med[0]:.2f}× | {oracle_med} | |", flush=True)
             op.release()
 
 
