@@ -35,25 +35,19 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
 from hessian import pyhessian_run  # noqa: E402
+from hessian_start import reference_lambda_max, trace  # noqa: E402
 
 from geomkit.checkpoint import load_checkpoint  # noqa: E402
 from geomkit.geometry.blocks import resolve_blocks  # noqa: E402
 from geomkit.geometry.hvp import HessianOperator  # noqa: E402
-from geomkit.geometry.lanczos import LanczosRun, start_vector  # noqa: E402
+from geomkit.geometry.lanczos import start_vector  # noqa: E402
 
 
 def lanczos_trace(op: HessianOperator, seed: int, ref: float) -> tuple[int, int, float, float]:
-    """(oracle step, stopping step, error at stop, seconds per HVP) from start seed ``seed``."""
-    run = LanczosRun(start_vector(op.dims["whole"], seed, op.dtype, op.device), tol=1e-4,
-                     max_iter=80)
-    errs = []
+    """(oracle step or 0, stopping step, error at stop, seconds per HVP) from start ``seed``."""
     t = time.perf_counter()
-    while not run.done:
-        run.feed(op.matvec("whole", run.query))
-        errs.append(abs(float(run.result().eigenvalues[0]) - ref) / abs(ref))
-    per = (time.perf_counter() - t) / run.m
-    oracle = next((i + 1 for i, e in enumerate(errs) if e <= 1e-4), 0)
-    return oracle, run.m, errs[-1], per
+    oracle, stop, err = trace(op, start_vector(op.dims["whole"], seed, op.dtype, op.device), ref)
+    return oracle or 0, stop, err, (time.perf_counter() - t) / stop
 
 
 def pyhessian_count(model, x, y, seed: int, ref: float) -> tuple[int, float, float]:
@@ -84,11 +78,7 @@ def main() -> None:
             x, y = ck.analysis_data("train", n)
             op = HessianOperator(model, x, y, resolve_blocks(model, ("whole",)),
                                  strategy="reuse")
-            ref_run = LanczosRun(start_vector(op.dims["whole"], 99, op.dtype, op.device),
-                                 tol=1e-7, max_iter=80)
-            while not ref_run.done:
-                ref_run.feed(op.matvec("whole", ref_run.query))
-            ref = float(ref_run.result().eigenvalues[0])
+            ref = reference_lambda_max(op)
             rows = []
             for seed in range(args.seeds):
                 oracle, stop, err, g_per = lanczos_trace(op, seed, ref)

@@ -63,8 +63,8 @@ def gauss_newton_start(op: HessianOperator, x: torch.Tensor, seed: int, mix: flo
     return v.to(op.dtype)
 
 
-def subsample_start(model, x, y, seed: int, frac: int = 8) -> tuple[torch.Tensor, int]:
-    """Top Ritz vector of the Hessian on the first ``len(x) // frac`` examples, and its HVPs."""
+def subsample_start(model, x, y, seed: int, frac: int = 8) -> torch.Tensor:
+    """Top Ritz vector of the Hessian on the first ``len(x) // frac`` examples."""
     k = max(1, len(x) // frac)
     sub = HessianOperator(model, x[:k], y[:k], resolve_blocks(model, ("whole",)),
                           strategy="reuse")
@@ -73,10 +73,32 @@ def subsample_start(model, x, y, seed: int, frac: int = 8) -> tuple[torch.Tensor
     while not run.done:
         run.feed(sub.matvec("whole", run.query))
     sub.release()
-    return run.result(vectors=True).vectors[0], run.m
+    return run.result(vectors=True).vectors[0]
+
+
+STARTS = ("gaussian", "Gauss-Newton", "Gauss-Newton + Gaussian", "subsample N/8")
+
+
+def make_start(name: str, op: HessianOperator, model, x, y, seed: int) -> torch.Tensor:
+    """The start vector ``name`` (one of :data:`STARTS`) for start seed ``seed``."""
+    if name == "gaussian":
+        return start_vector(op.dims["whole"], seed, op.dtype, op.device)
+    if name == "subsample N/8":
+        return subsample_start(model, x, y, seed)
+    return gauss_newton_start(op, x, seed, 1.0 if name.endswith("Gaussian") else 0.0)
+
+
+def reference_lambda_max(op: HessianOperator) -> float:
+    """λ_max of the whole model by a float32 Lanczos at tol 1e-7 (start seed 99)."""
+    run = LanczosRun(start_vector(op.dims["whole"], 99, op.dtype, op.device), tol=1e-7,
+                     max_iter=80)
+    while not run.done:
+        run.feed(op.matvec("whole", run.query))
+    return float(run.result().eigenvalues[0])
 
 
 def trace(op: HessianOperator, v0: torch.Tensor, ref: float, tol: float = 1e-4):
+    """(first step with relative error ≤ 1e-4 or None, stopping step, error at stop)."""
     run = LanczosRun(v0, tol=tol, max_iter=60)
     errs = []
     while not run.done:
@@ -110,25 +132,16 @@ def main() -> None:
                 op = HessianOperator(model, x, y, resolve_blocks(model, ("whole",)),
                                      strategy="reuse")
                 dim = op.dims["whole"]
-                r = LanczosRun(start_vector(dim, 99, op.dtype, op.device), tol=1e-7, max_iter=80)
-                while not r.done:
-                    r.feed(op.matvec("whole", r.query))
-                ref = float(r.result().eigenvalues[0])
+                ref = reference_lambda_max(op)
                 v = start_vector(dim, 0, op.dtype, op.device)
                 t = time.perf_counter()
                 op.matvec("whole", v)
                 hvp_ms = 1000 * (time.perf_counter() - t)
-                for name, mix in (("gaussian", None), ("Gauss-Newton", 0.0),
-                                  ("Gauss-Newton + Gaussian", 1.0), ("subsample N/8", -1.0)):
+                for name in STARTS:
                     firsts, stops, errs, costs = [], [], [], []
                     for seed in range(args.seeds):
                         t = time.perf_counter()
-                        if mix is None:
-                            v0 = start_vector(dim, seed, op.dtype, op.device)
-                        elif mix < 0:
-                            v0, _ = subsample_start(model, x, y, seed)
-                        else:
-                            v0 = gauss_newton_start(op, x, seed, mix)
+                        v0 = make_start(name, op, model, x, y, seed)
                         costs.append(1000 * (time.perf_counter() - t))
                         f, m, e = trace(op, v0, ref)
                         firsts.append(f)
