@@ -32,3 +32,22 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     elif dev.type not in ("cpu", "mps", "xpu"):
         raise SpecError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
     return dev
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let CUDA float32 matmuls and convolutions use TF32 (``enabled``) or full IEEE float32.
+
+    Where torch has the per-backend ``fp32_precision`` flags (2.9 and later) only those are
+    set: the legacy ``allow_tf32`` flags warn there, and mixing the two APIs makes torch raise
+    when it is later asked for "the" precision.  Older torch gets the legacy flags.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    conv, rnn = getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)
+    if all(hasattr(b, "fp32_precision") for b in (matmul, conv, rnn)):
+        mode = "tf32" if enabled else "ieee"
+        matmul.fp32_precision = mode
+        conv.fp32_precision = mode
+        rnn.fp32_precision = mode
+    else:  # pragma: no cover - torch < 2.9
+        matmul.allow_tf32 = enabled
+        cudnn.allow_tf32 = enabled

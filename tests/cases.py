@@ -6,6 +6,7 @@ Jacobians.  Each case is seeded and deterministic; models are in eval mode.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,11 @@ class Case:
     model: nn.Module
     inputs: torch.Tensor
     targets: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Case:
+        """A copy of the case on ``device`` (same values; the CPU case stays the oracle's)."""
+        return Case(self.name, copy.deepcopy(self.model).to(device), self.inputs.to(device),
+                    self.targets.to(device))
 
 
 def _mlp() -> nn.Module:

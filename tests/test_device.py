@@ -28,3 +28,16 @@ def test_cuda_without_cuda():
 def test_cuda_gets_an_index(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert resolve_device("cuda") == torch.device("cuda", 0)
+
+
+def test_set_tf32_uses_one_api_and_round_trips():
+    from geomkit.device import set_tf32
+
+    set_tf32(True)
+    try:
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        set_tf32(False)
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
