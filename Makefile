@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 EXTRAS ?= test,notebook,vtk
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,18 @@ bench: venv
 	$(BIN)/python benchmarks/hessian.py
 	$(BIN)/python benchmarks/ntk.py
 	$(BIN)/python benchmarks/landscape.py
+
+# The GPU check (benchmarks/gpu_check.py): on a CUDA machine it runs the CUDA half of the
+# device-parametrized tests and times every GPU number in <= 8 minutes, writing
+# $(GPU_OUT)/<stage>.json and summary.md as it goes.  It needs no venv and installs
+# nothing: the GPU machine's own Python (torch, h5py, scipy, ...) runs it from this
+# checkout.  DRY=1: the same stages at toy sizes on the CPU (the suite runs this too).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_OUT    ?= runs/gpu-check
+
+gpu-check:
+	@PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) benchmarks/gpu_check.py \
+		--out $(GPU_OUT) $(if $(DRY),--dry-run)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

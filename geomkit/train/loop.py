@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,32 @@ def evaluate(
     finally:
         model.train(was)
     return loss / len(x), correct / len(x)
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[], torch.Tensor],
+    *,
+    sam: bool,
+    grad_clip: float | None,
+) -> torch.Tensor:
+    """One update of ``net`` (vanilla, or SAM's two passes); returns the loss at the weights.
+
+    ``loss_fn()`` runs the forward pass on the current batch and returns the scalar loss.
+    Vanilla: backward, optional clipping of the gradient's global norm, optimizer step;
+    SAM: :func:`geomkit.train.sam.sam_step`.  The loop calls exactly this, so a benchmark
+    that times it times the loop's own step.
+    """
+    if sam:
+        return sam_step(net, optimizer, loss_fn, max_grad_norm=grad_clip)
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
 
 
 def train(
@@ -203,20 +230,13 @@ def train(
                 f = lr_factor(step, total, warmup, cfg.schedule)
                 for grp in optimizer.param_groups:  # every group peaks at cfg.lr
                     grp["lr"] = cfg.lr * f
-                if cfg.is_sam:
-                    loss = sam_step(
-                        net,
-                        optimizer,
-                        lambda xb=xb, yb=yb: loss_fn(xb, yb),
-                        max_grad_norm=cfg.grad_clip,
-                    )
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(xb, yb)
-                    loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
+                loss = train_step(
+                    net,
+                    optimizer,
+                    lambda xb=xb, yb=yb: loss_fn(xb, yb),
+                    sam=cfg.is_sam,
+                    grad_clip=cfg.grad_clip,
+                )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training diverged at step {step} (loss {loss.item()}); lower --lr"
