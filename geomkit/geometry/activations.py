@@ -29,7 +29,6 @@ the accumulators are summed over ranks.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from torch import nn
 from geomkit import distributed
 from geomkit.errors import BlockError, DataError
 from geomkit.geometry._batches import iter_batches
+from geomkit.geometry._work import converted_copy, run_device_for
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -315,12 +315,10 @@ def activation_stats(
     first = next(model.parameters(), None)
     model_device = first.device if first is not None else torch.device("cpu")
     model_dtype = first.dtype if first is not None else None
-    run_device = torch.device(device) if device is not None else model_device
-    if run_device.type == model_device.type and run_device.index is None:
-        run_device = model_device  # "cuda" means the model's cuda device
+    run_device = run_device_for(device, model_device)
     work = model
     if run_device != model_device or (dtype is not None and dtype != model_dtype):
-        work = copy.deepcopy(model).to(device=run_device, dtype=dtype)
+        work = converted_copy(model, run_device, dtype)
     acc_device = run_device if run_device.type in ("cpu", "cuda") else torch.device("cpu")
 
     orig_modules = dict(model.named_modules())

@@ -101,6 +101,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from geomkit import distributed
 from geomkit.errors import BlockError, ModelError, SpecError
+from geomkit.geometry._work import run_device_for
 
 __all__ = ["NTKResult", "NTKInitResult", "MODES", "BN_MODES", "ntk", "ntk_at_init"]
 
@@ -362,7 +363,8 @@ def ntk(
             pulled-back rows with BatchNorm in train mode); ``None`` = automatic from
             ``memory_gib`` and a probe of the activation memory.
         memory_gib: memory budget (GiB) for the automatic ``chunk_size``/``batch_size``.
-        device: where to compute; ``None`` = the device of the model's parameters.
+        device: where to compute; ``None`` = the device of the model's parameters (an
+            index-less ``"cuda"`` too, for a model on a GPU).
         dtype: compute dtype (e.g. ``torch.float64``); ``None`` = the parameters' dtype.
             The kernel is always returned in float64, but each chunk product
             :math:`J_k J_k^\top` is taken in the compute dtype.
@@ -395,8 +397,9 @@ def ntk(
 
     names = _select_params(model, params)
     first = next(iter(model.parameters()), None)
-    dev = torch.device(device) if device is not None else (
-        first.device if first is not None else torch.device("cpu"))
+    model_dev = first.device if first is not None else torch.device("cpu")
+    # "cuda" for a model on cuda:1 means cuda:1, not a copy on the current GPU
+    dev = run_device_for(device, model_dev)
     named_params = dict(model.named_parameters())
     cdtype = dtype if dtype is not None else named_params[names[0]].dtype
 

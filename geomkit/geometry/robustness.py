@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import time
 import zlib
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ import torch.nn as nn
 from geomkit import distributed
 from geomkit.data import CORRUPTIONS, DataSpec, corrupt, corrupt_normalized
 from geomkit.errors import DataError, SpecError
+from geomkit.geometry._work import converted_copy, run_device_for
 
 __all__ = ["CHUNK", "RobustnessResult", "robustness", "checkpoint_robustness"]
 
@@ -181,11 +181,13 @@ def robustness(
     first = next(model.parameters(), None)
     model_device = first.device if first is not None else torch.device("cpu")
     model_dtype = first.dtype if first is not None else torch.get_default_dtype()
-    run_device = torch.device(device) if device is not None else model_device
+    # "cuda" for a model on cuda:1 is cuda:1 (no copy); a copy is converted from the
+    # model's tensors directly, never first cloned on the model's GPU
+    run_device = run_device_for(device, model_device)
     run_dtype = dtype or model_dtype
     work = model
     if run_device != model_device or run_dtype != model_dtype:
-        work = copy.deepcopy(model).to(device=run_device, dtype=run_dtype)
+        work = converted_copy(model, run_device, run_dtype)
 
     n = len(inputs)
     n_chunks = (n + CHUNK - 1) // CHUNK
@@ -237,8 +239,10 @@ def robustness(
             m.training = mode
         if bar is not None:
             bar.close()
-    # NCCL reduces only device tensors
-    acc = (distributed.all_reduce_sum(correct.to(run_device)).cpu() / n).tolist()
+    if distributed.active():  # NCCL reduces only device tensors
+        correct = distributed.all_reduce_sum(correct.to(run_device)).cpu()
+    # one process keeps the counts on the CPU: a float64 tensor cannot go to MPS at all
+    acc = (correct / n).tolist()
     accuracy = {
         c: tuple(acc[1 + i * len(severities) + j] for j in range(len(severities)))
         for i, c in enumerate(corruptions)

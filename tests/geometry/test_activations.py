@@ -1,7 +1,13 @@
-"""Activation sparsity, dead neurons and norms against counts computed by hand."""
+"""Activation sparsity, dead neurons and norms against counts computed by hand.
+
+Measurement tests take the ``device`` fixture (CPU, and CUDA when present): the oracle
+(hand counts, hooks keeping every activation) runs on the CPU model, the measurement on a
+copy on ``device``; the statistics are Python numbers, so they compare directly.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -57,9 +63,13 @@ def _hand_mlp_oracle():
     }
 
 
-def test_counts_by_hand_two_block_mlp():
-    model = TwoBlockMLP().to(DT)
-    s = activation_stats(model, X, batch_size=3)
+def _on(model: nn.Module, device: torch.device) -> bool:
+    return all(t.device.type == device.type for t in (*model.parameters(), *model.buffers()))
+
+
+def test_counts_by_hand_two_block_mlp(device):
+    model = TwoBlockMLP().to(DT)  # the oracle's (CPU)
+    s = activation_stats(copy.deepcopy(model).to(device), X.to(device), batch_size=3)
     hand = _hand_mlp_oracle()
     l0, l1 = s.layers["blocks.0.1"], s.layers["blocks.1.1"]
     assert (l0.kind, l0.block, l1.kind, l1.block) == ("ReLU", "blocks.0", "GELU", "blocks.1")
@@ -88,11 +98,11 @@ def test_counts_by_hand_two_block_mlp():
     assert d["blocks"]["blocks.1"]["layers"] == ["blocks.1.1"] and d["dead"] == 2
 
 
-def test_gelu_counts_its_input_not_its_underflowing_output():
+def test_gelu_counts_its_input_not_its_underflowing_output(device):
     gelu = nn.GELU()
     x = torch.tensor([[5e-324, -1.0, 2.0]], dtype=DT)
     assert (gelu(x) > 0).sum() == 1  # the output underflows to 0 for the first value
-    s = activation_stats(nn.Sequential(nn.Identity(), gelu), x)
+    s = activation_stats(nn.Sequential(nn.Identity(), gelu).to(device), x.to(device))
     assert s.layers["1"].active == 2 and s.layers["1"].dead == 1
 
 
@@ -112,13 +122,14 @@ def _captured_inputs(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.
 
 
 @pytest.mark.parametrize("case", ["mlp", "cnn_bn", "vit1", "mixer1"])
-def test_case_table_against_dense_oracle(case):
+def test_case_table_against_dense_oracle(case, device):
     c = make_case(case, n=7)
     if case == "cnn_bn":
         with torch.no_grad():
             c.model[1].bias[1] = -50.0  # channel 1 never fires: dead
     seen = _captured_inputs(c.model, c.inputs)
-    s = activation_stats(c.model, c.inputs, c.targets, batch_size=3)
+    d = c.to(device)
+    s = activation_stats(d.model, d.inputs, d.targets, batch_size=3)
     assert set(s.layers) == set(seen)
     for name, x in seen.items():
         nd = 1 if x.ndim == 4 else x.ndim - 1
@@ -141,8 +152,8 @@ def test_case_table_against_dense_oracle(case):
         assert s.blocks["blocks.0"].output_norm == pytest.approx(want, rel=1e-12)
 
 
-def test_batch_size_does_not_change_the_result():
-    c = make_case("vit1", n=9)
+def test_batch_size_does_not_change_the_result(device):
+    c = make_case("vit1", n=9).to(device)
     ref = activation_stats(c.model, c.inputs, batch_size=None)
     for bs in (1, 4):
         s = activation_stats(c.model, c.inputs, batch_size=bs)
@@ -168,19 +179,20 @@ def _no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_model_unchanged_and_bn_statistics_not_updated():
+def test_model_unchanged_and_bn_statistics_not_updated(device):
     c = make_case("cnn_bn", n=6)
-    model = c.model.train()
+    d = c.to(device)
+    model = d.model.train()
     model[5].eval()  # mixed modes must come back as they were
     model[0].weight.requires_grad_(False)
     before = _snapshot(model)
-    s = activation_stats(model, c.inputs)
+    s = activation_stats(model, d.inputs)
     after = _snapshot(model)
     assert all(torch.equal(v, after[0][k]) for k, v in before[0].items())
-    assert before[1:] == after[1:] and _no_hooks(model)
-    # measured in eval mode: running statistics, not batch statistics
+    assert before[1:] == after[1:] and _no_hooks(model) and _on(model, device)
+    # measured in eval mode: running statistics, not batch statistics (oracle: the CPU case)
     with torch.no_grad():
-        pre = model.eval()[1](model[0](c.inputs))
+        pre = c.model.eval()[1](c.model[0](c.inputs))
     assert s.layers["2"].active == int((pre > 0).sum())
 
 
@@ -203,23 +215,28 @@ def test_restored_on_error():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.blocks.modules())
 
 
-def test_dtype_and_device_options_measure_a_copy():
+def test_dtype_and_device_options_measure_a_copy(device):
     c = make_case("mixer1", n=5, dtype=torch.float32)
-    before = _snapshot(c.model)
-    s64 = activation_stats(c.model, c.inputs, dtype=DT)
-    s_cpu = activation_stats(c.model, c.inputs, device="cpu")
-    after = _snapshot(c.model)
-    assert all(
-        torch.equal(v, after[0][k]) and v.dtype == torch.float32 for k, v in before[0].items()
-    )
-    assert _no_hooks(c.model)
-    assert s64.neurons == s_cpu.neurons and s64.samples == 5
+    d = c.to(device)
+    before, before_cpu = _snapshot(d.model), _snapshot(c.model)
+    s64 = activation_stats(d.model, d.inputs, dtype=DT)  # a float64 copy on the model's device
+    s_cpu = activation_stats(d.model, d.inputs, device="cpu")  # a CPU copy (on CUDA: moved)
+    s_dev = activation_stats(c.model, c.inputs, device=device)  # a CPU model run on ``device``
+    for model, snap in ((d.model, before), (c.model, before_cpu)):
+        after = _snapshot(model)
+        assert all(
+            torch.equal(v, after[0][k]) and v.dtype == torch.float32 for k, v in snap[0].items()
+        )
+        assert snap[1:] == after[1:] and _no_hooks(model)
+    assert _on(d.model, device) and _on(c.model, torch.device("cpu"))
+    assert s64.neurons == s_cpu.neurons == s_dev.neurons and s64.samples == s_dev.samples == 5
     assert s64.weight_norm == pytest.approx(s_cpu.weight_norm, rel=1e-6)
+    assert s_dev.weight_norm == pytest.approx(s_cpu.weight_norm, rel=1e-6)
 
 
-def test_sharded_ranks_sum_to_the_single_process_result(monkeypatch):
+def test_sharded_ranks_sum_to_the_single_process_result(monkeypatch, device):
     """Simulate two torchrun ranks: rank 1's accumulators are added into rank 0's."""
-    c = make_case("vit1", n=5)
+    c = make_case("vit1", n=5).to(device)
     ref = activation_stats(c.model, c.inputs, batch_size=2)
     one = activation_stats(c.model, c.inputs[:1])
 
@@ -236,6 +253,7 @@ def test_sharded_ranks_sum_to_the_single_process_result(monkeypatch):
         return activation_stats(c.model, c.inputs[:n], batch_size=2), captured[0]
 
     _, v1 = run_as(1, 5, None)
+    assert v1.device.type == device.type  # NCCL all-reduces only tensors on the GPU
     s, _ = run_as(0, 5, v1)
     assert s.samples == 5 and s.layers == ref.layers
     for k, b in s.blocks.items():

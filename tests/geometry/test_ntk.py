@@ -1,4 +1,9 @@
-"""The empirical NTK against explicit Jacobian products in float64."""
+"""The empirical NTK against explicit Jacobian products in float64.
+
+Measurement tests take the ``device`` fixture (CPU, and CUDA when present): the oracle
+(explicit Jacobians, closed forms) is computed on the CPU case, :func:`ntk` runs on
+``case.to(device)``; its results are NumPy arrays and floats, so they compare directly.
+"""
 
 from __future__ import annotations
 
@@ -55,16 +60,21 @@ def _params_unchanged(before: dict, model: nn.Module) -> bool:
     return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def _on(model: nn.Module, device: torch.device) -> bool:
+    return all(t.device.type == device.type for t in (*model.parameters(), *model.buffers()))
+
+
 @pytest.mark.parametrize(
     "name,bn",
     [(c, "eval") for c in CASE_NAMES] + [("cnn_bn", "train")],
 )
-def test_every_mode_matches_explicit_jacobian(name, bn):
+def test_every_mode_matches_explicit_jacobian(name, bn, device):
     case = make_case(name, n=N)
     jac = dense_jacobian(case.model, case.inputs, bn)
-    before = {k: v.clone() for k, v in case.model.state_dict().items()}
+    dev = case.to(device)
+    before = {k: v.clone() for k, v in dev.model.state_dict().items()}
     for mode in ("sum", "trace", "full"):
-        res = ntk(case.model, case.inputs, mode=mode, bn=bn)
+        res = ntk(dev.model, dev.inputs, mode=mode, bn=bn)
         want = dense_kernel(jac, mode)
         assert_kernel_close(res.kernel, want)
         ev = np.linalg.eigvalsh(want)
@@ -75,28 +85,30 @@ def test_every_mode_matches_explicit_jacobian(name, bn):
         assert res.method == ("batch-jacobian" if bn == "train" else "per-sample")
         assert res.lambda_max == pytest.approx(ev[-1], rel=1e-8)
         assert res.kappa == pytest.approx(ev[-1] / ev[0], rel=1e-6)
-    assert _params_unchanged(before, case.model)
-    assert not case.model.training
+    assert _params_unchanged(before, dev.model) and _on(dev.model, device)
+    assert not dev.model.training
 
 
-def test_batchnorm_train_uses_batch_statistics_and_leaves_model_alone():
+def test_batchnorm_train_uses_batch_statistics_and_leaves_model_alone(device):
     case = make_case("cnn_bn", n=N)
-    model = case.model
+    dev = case.to(device)
+    model = dev.model
     model.train()  # flags must come back exactly as they were, buffers untouched
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tr = ntk(model, case.inputs, bn="train")
-    ev = ntk(model, case.inputs, bn="eval")
+    tr = ntk(model, dev.inputs, bn="train")
+    ev = ntk(model, dev.inputs, bn="eval")
     assert not np.allclose(tr.kernel, ev.kernel)
-    assert_kernel_close(ev.kernel, dense_kernel(dense_jacobian(model, case.inputs, "eval"), "sum"))
-    assert _params_unchanged(before, model)
+    want = dense_kernel(dense_jacobian(case.model, case.inputs, "eval"), "sum")
+    assert_kernel_close(ev.kernel, want)
+    assert _params_unchanged(before, model) and _on(model, device)
     assert all(m.training for m in model.modules())
     assert model[1].track_running_stats
 
 
 @pytest.mark.parametrize("name,bn", [("vit1", "eval"), ("cnn_bn", "train")])
 @pytest.mark.parametrize("mode", ["sum", "full"])
-def test_chunking_and_batching_do_not_change_the_kernel(name, bn, mode):
-    case = make_case(name, n=N)
+def test_chunking_and_batching_do_not_change_the_kernel(name, bn, mode, device):
+    case = make_case(name, n=N).to(device)
     ref = ntk(case.model, case.inputs, mode=mode, bn=bn)
     assert ref.n_chunks == 1
     # every tensor its own chunk; a few tensors per chunk with small row batches
@@ -109,12 +121,13 @@ def test_chunking_and_batching_do_not_change_the_kernel(name, bn, mode):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_model_closed_form(bias):
+def test_linear_model_closed_form(bias, device):
     # f(x) = W x (+ b): sum mode Θ = C (X Xᵀ + 1[bias]), trace the same, full (XXᵀ + 1) ⊗ I_C
     c, s = 4, torch.tensor([1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
     x = torch.diag(s)
-    model = nn.Linear(4, c, bias=bias).double()
-    gram = x @ x.T + (1.0 if bias else 0.0)
+    gram = x @ x.T + (1.0 if bias else 0.0)  # the oracle, on the CPU
+    x = x.to(device)
+    model = nn.Linear(4, c, bias=bias).double().to(device)
     res = ntk(model, x, mode="sum")
     np.testing.assert_allclose(res.kernel, c * gram.numpy(), rtol=1e-14, atol=1e-13)
     np.testing.assert_allclose(ntk(model, x, mode="trace").kernel, c * gram.numpy(), rtol=1e-14)
@@ -128,28 +141,30 @@ def test_linear_model_closed_form(bias):
         assert res.kappa == pytest.approx(ev[-1] / ev[0], rel=1e-12)
 
 
-def test_singular_kernel_gives_inf_with_warning():
-    x = torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64))  # a zero input
-    model = nn.Linear(3, 2, bias=False).double()
+def test_singular_kernel_gives_inf_with_warning(device):
+    x = torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)).to(device)  # a zero input
+    model = nn.Linear(3, 2, bias=False).double().to(device)
     with pytest.warns(RuntimeWarning, match="kappa set to inf"):
         res = ntk(model, x)
     assert res.kappa == math.inf and res.lambda_min == 0.0 and res.lambda_max == 8.0
 
 
-def test_non_finite_kernel_gives_inf_with_warning():
-    model = nn.Linear(3, 2).double()
+def test_non_finite_kernel_gives_inf_with_warning(device):
+    model = nn.Linear(3, 2).double().to(device)
     x = torch.randn(4, 3, dtype=torch.float64)
     x[1, 2] = float("nan")  # ∂f/∂W = x: a NaN gradient
+    x = x.to(device)
     with pytest.warns(RuntimeWarning, match="not finite"):
         res = ntk(model, x)
     assert res.kappa == math.inf and math.isnan(res.lambda_max)
     assert np.isnan(res.eigenvalues).all()
 
 
-def test_parameter_block_is_the_jacobian_of_that_block_only():
+def test_parameter_block_is_the_jacobian_of_that_block_only(device):
     case = make_case("vit1", n=N)
     names = resolve_blocks(case.model, ["attn"])["attn"]
-    res = ntk(case.model, case.inputs, params=names, bn="eval")
+    dev = case.to(device)
+    res = ntk(dev.model, dev.inputs, params=names, bn="eval")
     want = dense_kernel(dense_jacobian(case.model, case.inputs, "eval", names), "sum")
     assert_kernel_close(res.kernel, want)
     assert res.n_params == sum(dict(case.model.named_parameters())[n].numel() for n in names)
@@ -169,12 +184,12 @@ def test_bad_arguments_raise_user_errors():
         ntk(case.model, case.inputs, chunk_size=0)
 
 
-def test_batchnorm_without_running_stats_is_coupled_in_eval_mode_too():
+def test_batchnorm_without_running_stats_is_coupled_in_eval_mode_too(device):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False),
                           nn.Tanh(), nn.Linear(4, 2)).double().eval()
     x = torch.randn(5, 3, dtype=torch.float64)
-    res = ntk(model, x, bn="eval")
+    res = ntk(copy.deepcopy(model).to(device), x.to(device), bn="eval")
     assert res.method == "batch-jacobian"
     assert_kernel_close(res.kernel, dense_kernel(dense_jacobian(model, x, "eval"), "sum"))
 
@@ -195,22 +210,24 @@ def test_model_modes_restored_on_error():
     assert all(m.training for m in model.modules()) and model.bn.track_running_stats
 
 
-def test_dtype_option_computes_in_float64_without_casting_the_model():
+def test_dtype_and_device_options_compute_without_casting_or_moving_the_model(device):
+    # a float32 CPU model, computed in float64 on ``device`` (the inputs stay on the CPU too)
     case = make_case("mlp", n=N)
     model32 = copy.deepcopy(case.model).float()
-    res = ntk(model32, case.inputs.float(), dtype=torch.float64, bn="eval")
-    assert next(model32.parameters()).dtype == torch.float32
+    res = ntk(model32, case.inputs.float(), dtype=torch.float64, bn="eval", device=device)
+    assert next(model32.parameters()).dtype == torch.float32 and _on(model32, torch.device("cpu"))
     m64 = copy.deepcopy(model32).double()
     want = dense_kernel(dense_jacobian(m64, case.inputs.float().double(), "eval"), "sum")
     assert_kernel_close(res.kernel, want)
 
 
-def test_ntk_at_init_mean_and_std_over_seeds():
-    x = make_case("mlp", n=N).inputs
+def test_ntk_at_init_mean_and_std_over_seeds(device):
+    x = make_case("mlp", n=N).inputs.to(device)
 
     def factory(seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3)).double()
+        torch.manual_seed(seed)  # initialized on the CPU (same weights on every device)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3))
+        return model.double().to(device)
 
     res = ntk_at_init(factory, x, repeats=3, seed=5, bn="eval")
     assert res.seeds == (5, 6, 7) and res.repeats == 3

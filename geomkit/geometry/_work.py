@@ -1,0 +1,53 @@
+"""The device/dtype work copy every measurement shares (private).
+
+A measurement runs on the model in place when it already lives on the requested device and
+dtype; otherwise on a converted copy that never duplicates the model on its own device first.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def run_device_for(device: torch.device | str | None, model_device: torch.device) -> torch.device:
+    """Where to measure: ``device``, or the model's device when None.
+
+    An index-less device of the model's type means the model's own device (``"cuda"`` for
+    a model on ``cuda:1`` is ``cuda:1``, not the current CUDA device), so no copy is made.
+    """
+    run_device = torch.device(device) if device is not None else model_device
+    if run_device.type == model_device.type and run_device.index is None:
+        run_device = model_device
+    return run_device
+
+
+def converted_copy(
+    model: nn.Module, device: torch.device, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """A deep copy of ``model`` on ``device``, floating-point tensors cast to ``dtype``.
+
+    Parameters and buffers are converted straight from the original's, so the model is
+    never duplicated on its own device first: ``copy.deepcopy(model).to(device)`` clones a
+    CUDA model on its GPU before moving it, which can run a nearly full GPU out of memory
+    when the copy is meant for the CPU (and doubles the GPU memory for a cast copy).
+    Values are those of ``copy.deepcopy(model).to(device=device, dtype=dtype)``; shared
+    (tied) tensors stay shared.
+    """
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        cast = dtype if dtype is not None and t.is_floating_point() else None
+        return t.detach().to(device=device, dtype=cast, copy=True)
+
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        if type(p) is nn.Parameter:  # subclasses (lazy, ...) go through deepcopy
+            memo[id(p)] = nn.Parameter(convert(p), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if type(b) is torch.Tensor:
+            memo[id(b)] = convert(b)
+    # .to() afterwards for whatever the memo did not cover (modules overriding _apply)
+    return copy.deepcopy(model, memo).to(device=device, dtype=dtype)
