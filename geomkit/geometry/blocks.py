@@ -36,33 +36,32 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 
 from geomkit.errors import BlockError, SpecError
+from geomkit.models._naming import MIXER_CHANNEL as _MIXER_CHANNEL
+from geomkit.models._naming import MIXER_TOKEN as _MIXER_TOKEN
+from geomkit.models._naming import RESNET_IDX as _RESNET_IDX
+from geomkit.models._naming import VIT_ATTN as _VIT_ATTN
+from geomkit.models._naming import strip_wrappers as _strip
 
 __all__ = [
     "FAMILY_PRESETS",
     "block_depth",
     "family",
+    "paper_block_indices",
     "paper_blocks",
     "parse_block_arg",
     "resolve_blocks",
 ]
 
-# Wrappers that prefix every parameter name (DDP, torch.compile).
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
 _VIT_EMBED = re.compile(r"^(patch_embed\.|cls_token$|pos_embed$|reg_token$|dist_token$)")
-_VIT_ATTN = re.compile(r"^blocks\.\d+\.attn\.")
 _VIT_MLP = re.compile(r"^blocks\.\d+\.mlp\.")
 _MIXER_EMBED = re.compile(r"^stem\.")
-_MIXER_TOKEN = re.compile(r"^blocks\.\d+\.mlp_tokens\.")
-_MIXER_CHANNEL = re.compile(r"^blocks\.\d+\.mlp_channels\.")
 _RESNET_EMBED = re.compile(r"^(conv1|bn1)\.")
 _BLOCKS_IDX = re.compile(r"^blocks\.(\d+)\.")
-_RESNET_IDX = re.compile(r"^layer(\d+)\.(\d+)\.")
 _BLOCK_K = re.compile(r"^block(\d+)$")
 
 #: Named presets per family (``block{k}`` and ``whole`` are always available
@@ -75,39 +74,17 @@ FAMILY_PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _strip(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _WRAPPER_PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-    return name
 
 
 def _trainable(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _family_of(names: Iterable[str]) -> str:
-    stripped = [_strip(n) for n in names]
-    if any(_MIXER_TOKEN.match(n) or _MIXER_CHANNEL.match(n) for n in stripped):
-        return "mixer"
-    if any(_VIT_ATTN.match(n) for n in stripped):
-        return "vit"
-    if any(_RESNET_IDX.match(n) for n in stripped):
-        return "resnet"
-    return "other"
-
-
 def family(model: nn.Module) -> str:
-    """The model family from its parameter names: ``vit``, ``mixer``, ``resnet`` or ``other``.
+    """The model family (:func:`geomkit.models.family`, the one place that decides it)."""
+    from geomkit.models import family as _family
 
-    Detection uses timm naming (``blocks.{i}.attn.*`` → vit,
-    ``blocks.{i}.mlp_tokens.*`` → mixer, ``layer{s}.{j}.*`` → resnet), over all
-    parameters (frozen ones included).
-    """
-    return _family_of(n for n, _ in model.named_parameters())
+    return _family(model)
 
 
 def _block_keys(names: Sequence[str], fam: str) -> list[tuple]:
@@ -140,7 +117,15 @@ def _block_key_of(name: str, fam: str) -> tuple | None:
 def block_depth(model: nn.Module) -> int:
     """Number of blocks (transformer/mixer blocks or residual blocks); 0 for ``other``."""
     names = [n for n, _ in model.named_parameters()]
-    return len(_block_keys(names, _family_of(names)))
+    return len(_block_keys(names, family(model)))
+
+
+def paper_block_indices(depth: int) -> tuple[int, int, int]:
+    """The 1-based blocks the paper's Table 3 reports for a ``depth``-block model: first,
+    middle and last, ``(1, (depth + 1) // 2, depth)`` (1, 6, 12 for 12 blocks)."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return 1, (depth + 1) // 2, depth
 
 
 def paper_blocks(model: nn.Module) -> list[str]:
@@ -151,11 +136,11 @@ def paper_blocks(model: nn.Module) -> list[str]:
     whole; any other model: whole.
     """
     names = [n for n, _ in model.named_parameters()]
-    fam = _family_of(names)
+    fam = family(model)
     out = list(FAMILY_PRESETS[fam])
     depth = len(_block_keys(names, fam))
     if depth:
-        for k in (1, (depth + 1) // 2, depth):
+        for k in paper_block_indices(depth):
             if f"block{k}" not in out:
                 out.append(f"block{k}")
     out.append("whole")
@@ -254,7 +239,7 @@ def resolve_blocks(
         names = (names,)
     all_names = [n for n, _ in model.named_parameters()]
     trainable = _trainable(model)
-    fam = _family_of(all_names)
+    fam = family(model)
     order: list[str] = []
     for n in names:
         if n == "paper":

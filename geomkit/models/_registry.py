@@ -27,6 +27,14 @@ def register(name: str, description: str = "") -> Callable:
     return deco
 
 
+def family_of_name(name: str) -> str:
+    """The family (``vit``/``mixer``/``resnet``) a registered name builds: the family file
+    (``geomkit/models/<family>.py``) that registered it; ``other`` for unknown names."""
+    fn = _REGISTRY.get(name)
+    fam = fn.__module__.rsplit(".", 1)[-1] if fn is not None else "other"
+    return fam if fam in ("vit", "mixer", "resnet") else "other"
+
+
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_REGISTRY)
