@@ -111,3 +111,26 @@ def parse_range(text: str, name: str = "range") -> tuple[float, float, int]:
     if not (math.isfinite(lo) and math.isfinite(hi)) or num < 1 or (num > 1 and hi <= lo):
         raise SpecError(f"{name} needs finite MIN < MAX and NUM >= 1, got {text!r}")
     return lo, hi, num
+
+
+def option_flag(f: Any) -> str:
+    """The CLI flag of a measurement option (``--`` + name, unless it declares its own)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_option_flags(p: argparse.ArgumentParser, fields: dict[str, Any]) -> None:
+    """One flag per measurement option (:func:`geomkit.measurements.option_fields`): the
+    type, default, bound and help come from the option's declaration, so a new measurement's
+    options appear here without this module naming them."""
+    for name, f in fields.items():
+        kind = str(f.type)
+        typ: Any = str
+        if "int" in kind:
+            typ = positive_int if (f.metadata.get("minimum") or 0) >= 1 else int
+        elif "float" in kind:
+            typ = nonneg_float if f.metadata.get("minimum") == 0 else float
+        default = f.default
+        shown = "none" if default is None else default
+        p.add_argument(option_flag(f), dest=name, type=typ, default=default,
+                       metavar=f.metadata.get("metavar"),
+                       help=f"{f.metadata.get('help', '')} (default {shown})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli._common import add_json_flag, positive_int, print_json, print_table
+from cli._common import add_json_flag, add_option_flags, print_json, print_table
 
 ORDER = 60
 
@@ -25,25 +25,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="geomkit checkpoints (.pt) or run directories holding last.pt")
-    p.add_argument("--samples", type=positive_int, default=128, metavar="N",
-                   help="analysis examples for the Hessian and activations: the first N of the "
-                   "training split (default 128)")
-    p.add_argument("--ntk-samples", type=positive_int, default=64, metavar="M",
-                   help="examples for the NTK at initialization (kernel M x M; default 64)")
-    p.add_argument("--ntk-repeats", type=positive_int, default=3, metavar="R",
-                   help="initializations averaged for kappa (default 3)")
-    p.add_argument("--test-samples", type=positive_int, default=None, metavar="T",
-                   help="test examples for the accuracies (default: the whole test split)")
-    p.add_argument("--tol", type=float, default=1e-3,
-                   help="Lanczos relative tolerance for lambda_max (default 1e-3)")
-    p.add_argument("--max-iter", type=positive_int, default=100,
-                   help="Lanczos steps per block at most (default 100)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of Lanczos start vectors, NTK initializations and corruption "
-                   "noise (default 0)")
+    from geomkit import measurements as registry
+
+    add_option_flags(p, registry.option_fields())
     p.add_argument("--measure", default=None, metavar="NAME[,NAME...]",
-                   help="only these measurements (default: all of params, ntk_init, hessian, "
-                   "activations, robustness)")
+                   help="these measurements (default: "
+                   f"{', '.join(registry.default_measurements())}; also available: "
+                   + ", ".join(n for n in registry.registry()
+                               if n not in registry.default_measurements()) + ")")
     p.add_argument("--out", default="results.h5", metavar="FILE.h5",
                    help="results file, created or resumed (default results.h5)")
     p.add_argument("--force", action="store_true",
@@ -53,40 +42,29 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _row(rec) -> dict:
-    def pct(v):
-        return None if v is None else 100.0 * v
+def _summary(recs) -> tuple[list[str], list[list]]:
+    """Table 1's entries (from the registry) for each checkpoint."""
+    from geomkit import measurements as registry
 
-    return {
-        "label": rec.label,
-        "params": rec.get("params.num_params"),
-        "kappa_init": rec.get("ntk_init.kappa"),
-        "lambda_max": rec.get("hessian.lambda_max.whole"),
-        "weight_norm": rec.get("activations.weight_norm"),
-        "top1": pct(rec.get("robustness.clean")),
-        "top1_c": pct(rec.get("robustness.mean_corrupted")),
-    }
+    entries = [e for _, e in registry.table_entries(1)]
+    return [e.label for e in entries], [[e.value(r) for e in entries] for r in recs]
 
 
 def run(args: argparse.Namespace) -> int:
+    from geomkit import measurements as registry
     from geomkit.analyze import analyze
 
     measure = None
-    if args.measure:
+    if args.measure is not None:
         measure = [m.strip() for m in args.measure.split(",") if m.strip()]
+    options = {name: getattr(args, name) for name in registry.option_fields()}
     res = analyze(
         args.checkpoints,
         args.out,
-        samples=args.samples,
-        ntk_samples=args.ntk_samples,
-        ntk_repeats=args.ntk_repeats,
-        test_samples=args.test_samples,
-        hessian_tol=args.tol,
-        hessian_max_iter=args.max_iter,
-        seed=args.seed,
         measurements=measure,
         force=args.force,
         progress=not args.no_progress,
+        **options,
     )
     ids = list(dict.fromkeys(cid for cid, _ in res.computed + res.reused + res.skipped))
     recs = [res.results[cid] for cid in ids]
@@ -95,28 +73,27 @@ def run(args: argparse.Namespace) -> int:
                         ("skipped", res.skipped)):
         for cid, name in pairs:
             status[cid][kind].append(name)
+    labels, values = _summary(recs)
     if args.json:
+        keys = [e.key for _, e in registry.table_entries(1)]
         print_json({
             "out": str(res.out),
             "seconds": res.seconds,
-            "options": res.options.__dict__,
+            "options": res.options,
             "checkpoints": [
-                {"id": r.id, "path": r.checkpoint_path, **_row(r), **status[r.id],
-                 "values": {k: v for k, v in r.flat().items() if "." in k}}
-                for r in recs
+                {"id": r.id, "label": r.label, "path": r.checkpoint_path,
+                 **dict(zip(keys, v, strict=True)), **status[r.id],
+                 "values": {k: x for k, x in r.flat().items() if "." in k}}
+                for r, v in zip(recs, values, strict=True)
             ],
         })
         return 0
-    headers = ["checkpoint", "#params", "kappa(init)", "lambda_max", "||w||2", "top-1 %",
-               "-C %", "done"]
     rows = []
-    for r in recs:
-        d, s = _row(r), status[r.id]
-        rows.append([d["label"], d["params"], d["kappa_init"], d["lambda_max"], d["weight_norm"],
-                     d["top1"], d["top1_c"],
-                     f"{len(s['computed'])} new, {len(s['reused'])} reused, "
+    for r, v in zip(recs, values, strict=True):
+        s = status[r.id]
+        rows.append([r.label, *v, f"{len(s['computed'])} new, {len(s['reused'])} reused, "
                      f"{len(s['skipped'])} kept"])
-    print_table(headers, rows)
+    print_table(["checkpoint", *labels, "done"], rows)
     print(f"results: {res.out} ({res.seconds:.1f} s); render with `geomkit table {res.out} "
           f"--which 1|3`")
     return 0

@@ -1,12 +1,15 @@
 r"""The paper's Table 1 and Table 3 assembled from a results file, as md / csv / tex / json.
 
-Table 1 (geometry and accuracy) has one **column per checkpoint**, labelled
-``model/optimizer``; rows: #Params, NTK κ at initialization, Hessian λ_max, top-1 and
-"-C" accuracy (%).  Table 3 (λ_max of the diagonal Hessian blocks, ‖w‖₂, ‖a_k‖₂) has, as
-in the paper, one **row per checkpoint**; columns: Embedding, MSA / Token MLP, MLP /
-Channel MLP, Block1, Block mid, Block last, Whole, ‖w‖₂, ‖a_1‖₂, ‖a_mid‖₂, ‖a_last‖₂,
-where *mid* and *last* are blocks 6 and 12 of a 12-block model and
-:math:`(d + 1) // 2` and :math:`d` of a :math:`d`-block one.  :meth:`Table.transposed`
+The rows of Table 1 and the columns of Table 3 are the registered measurements' table
+entries (:func:`geomkit.measurements.table_entries`; each carries a stable ``key``); this
+module names no measurement.  Table 1 (geometry and accuracy) has one **column per
+checkpoint**, labelled ``model/optimizer``; rows: #Params, NTK κ at initialization,
+Hessian λ_max, top-1 and "-C" accuracy (%).  Table 3 (λ_max of the diagonal Hessian
+blocks, ‖w‖₂, ‖a_k‖₂) has, as in the paper, one **row per checkpoint**; columns:
+Embedding, MSA / Token MLP, MLP / Channel MLP, Block1, Block mid, Block last, Whole,
+‖w‖₂, ‖a_1‖₂, ‖a_mid‖₂, ‖a_last‖₂ (and optional columns such as the Hessian trace when
+measured), where *mid* and *last* are blocks 6 and 12 of a 12-block model
+(:func:`geomkit.geometry.blocks.paper_block_indices`).  :meth:`Table.transposed`
 flips either.
 
 ``with_paper=True`` adds the paper's own numbers side by side, read from the copy of
@@ -26,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from geomkit import measurements as registry
 from geomkit.errors import ResultFileError, SpecError
 from geomkit.results import CheckpointRecord, Results, load_results
 
@@ -34,30 +38,6 @@ __all__ = ["FORMATS", "PaperNumber", "PaperTable", "Table", "make_table", "paper
 
 FORMATS = ("md", "csv", "tex", "json")
 _DASH = "–"
-
-#: Table-1 rows: key, label, display kind.
-T1_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("params", "#Params", "params"),
-    ("kappa", "NTK κ (at init)", "num"),
-    ("lambda_max", "Hessian λ_max", "num"),
-    ("top1", "Top-1 (%)", "pct"),
-    ("top1_c", "-C (%)", "pct"),
-)
-#: Table-3 columns: key, label.
-T3_COLS: tuple[tuple[str, str], ...] = (
-    ("embedding", "Embedding"),
-    ("attn", "MSA / Token MLP"),
-    ("mlp", "MLP / Channel MLP"),
-    ("block_first", "Block1"),
-    ("block_mid", "Block mid"),
-    ("block_last", "Block last"),
-    ("whole", "Whole"),
-    ("w", "‖w‖₂"),
-    ("a_first", "‖a_1‖₂"),
-    ("a_mid", "‖a_mid‖₂"),
-    ("a_last", "‖a_last‖₂"),
-)
-
 
 # -- the paper's numbers -------------------------------------------------------------------
 
@@ -124,21 +104,6 @@ def paper_tables(path: str | Path | None = None) -> dict[int, PaperTable]:
     return out
 
 
-def _paper_t1_key(label: str) -> str | None:
-    low = label.lower()
-    if "param" in low:
-        return "params"
-    if "ntk" in low:
-        return "kappa"
-    if "hessian" in low:
-        return "lambda_max"
-    if low.endswith("-c (%)") or "-c" in low:
-        return "top1_c"
-    if "top-1" in low:
-        return "top1"
-    return None
-
-
 # -- the table object ----------------------------------------------------------------------
 
 
@@ -158,6 +123,8 @@ class Table:
     cells: tuple[tuple[Any, ...], ...]
     kinds: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...] = ()
+    row_keys: tuple[str, ...] = ()
+    col_keys: tuple[str, ...] = ()
 
     def transposed(self) -> Table:
         """Rows and columns swapped."""
@@ -165,21 +132,26 @@ class Table:
             self,
             row_labels=self.col_labels,
             col_labels=self.row_labels,
+            row_keys=self.col_keys,
+            col_keys=self.row_keys,
             cells=tuple(zip(*self.cells, strict=True)) if self.cells else (),
             kinds=tuple(zip(*self.kinds, strict=True)) if self.kinds else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: title, columns, rows (label → {column: value}), notes."""
+        """JSON-able: title, columns (labels and stable keys), rows (each with its stable
+        ``key`` beside the display ``label``: a measurement's key such as ``kappa`` or
+        ``lambda_max``, or a checkpoint id), notes."""
         return {
             "table": self.number,
             "title": self.title,
             "columns": list(self.col_labels),
+            "column_keys": list(self.col_keys),
             "rows": [
-                {"label": r,
+                {"key": k, "label": r,
                  "values": {c: _json_value(v)
                             for c, v in zip(self.col_labels, row, strict=True)}}
-                for r, row in zip(self.row_labels, self.cells, strict=True)
+                for k, r, row in zip(self.row_keys, self.row_labels, self.cells, strict=True)
             ],
             "notes": list(self.notes),
         }
@@ -256,21 +228,32 @@ def _load(results: Results | str | Path) -> Results:
     return results if isinstance(results, Results) else load_results(results)
 
 
-def _t1_values(r: CheckpointRecord) -> dict[str, Any]:
-    def pct(v: Any) -> float | None:
-        return None if v is None else 100.0 * float(v)
+def _entries(table: int, records: tuple[CheckpointRecord, ...]) -> list[Any]:
+    """The table's entries, an optional one only when some checkpoint has its value."""
+    return [e for _, e in registry.table_entries(table)
+            if not e.optional or any(e.value(r) is not None for r in records)]
 
-    return {
-        "params": r.get("params.num_params"),
-        "kappa": r.get("ntk_init.kappa"),
-        "lambda_max": r.get("hessian.lambda_max.whole"),
-        "top1": pct(r.get("robustness.clean")),
-        "top1_c": pct(r.get("robustness.mean_corrupted")),
-    }
+
+def _notes(table: int, records: tuple[CheckpointRecord, ...]) -> list[str]:
+    out: list[str] = []
+    for m in registry.registry().values():
+        if m.notes is not None:
+            out += m.notes(table, records)
+    return out
+
+
+def _paper_row(entry: Any, rows: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...] | None:
+    if not isinstance(entry.paper, str):
+        return None
+    for row in rows:
+        if re.search(entry.paper, str(row[0]), flags=re.IGNORECASE):
+            return row
+    return None
 
 
 def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
-    """Table 1: #params, κ at init, λ_max, top-1 and -C accuracy; one column per checkpoint.
+    """Table 1: one row per registered Table-1 entry (#params, κ at init, λ_max, top-1,
+    -C); one column per checkpoint.
 
     Raises:
         ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
@@ -278,64 +261,41 @@ def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     res = _load(results)
     if not len(res) and not with_paper:
         raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    entries = _entries(1, res.records)
     cols = _column_labels(res.records)
-    vals = [_t1_values(r) for r in res.records]
-    cells = [[v[key] for v in vals] for key, _, _ in T1_ROWS]
-    kinds = [[kind] * len(vals) for _, _, kind in T1_ROWS]
-    sources = sorted({str(r.data_spec.get("source", "?")) for r in res.records})
-    notes = []
-    if res.records:
-        counts = sorted({int(n) for r in res.records
-                         if (n := r.get("robustness.n_samples")) is not None})
-        on = (f"the first {counts[0]} {'/'.join(sources)} test examples"
-              if len(counts) == 1 else f"the {'/'.join(sources)} test split")
-        notes.append(f"Accuracy: top-1 on {on}, clean and mean "
-                     f"over 8 corruptions × severities 1–5 (-C).")
+    col_keys = [r.id for r in res.records]
+    cells = [[e.value(r) for r in res.records] for e in entries]
+    kinds = [[e.kind] * len(res.records) for e in entries]
+    notes = _notes(1, res.records)
     if with_paper:
         p = paper_tables()[1]
         for j, head in enumerate(p.header[1:], start=1):
             cols.append(f"paper: {head}")
-            by_key = {_paper_t1_key(str(row[0])): row[j] for row in p.rows}
-            for i, (key, _, kind) in enumerate(T1_ROWS):
-                v = by_key.get(key)
+            col_keys.append(f"paper:{head}")
+            for i, e in enumerate(entries):
+                row = _paper_row(e, p.rows)
+                v = None if row is None else row[j]
                 cells[i].append(v)
-                kinds[i].append("text" if isinstance(v, str) else kind)
+                kinds[i].append("text" if isinstance(v, str) else e.kind)
         notes.append("paper: Chen, Hsieh & Gong (ICLR 2022), ImageNet top-1 and ImageNet-C.")
     return Table(
         number=1,
         title="Table 1: geometry and accuracy",
         corner="",
-        row_labels=tuple(label for _, label, _ in T1_ROWS),
+        row_labels=tuple(e.label for e in entries),
         col_labels=tuple(cols),
         cells=tuple(tuple(c) for c in cells),
         kinds=tuple(tuple(k) for k in kinds),
         notes=tuple(notes),
+        row_keys=tuple(e.key for e in entries),
+        col_keys=tuple(col_keys),
     )
 
 
-def _t3_values(r: CheckpointRecord) -> tuple[dict[str, Any], str]:
-    lam = r.get("hessian.lambda_max", {}) or {}
-    depth = r.get("hessian.depth") or r.get("activations.depth") or 0
-    mid = (depth + 1) // 2
-    a = r.get("activations.a", {}) or {}
-    v = {
-        "embedding": lam.get("embedding"),
-        "attn": lam.get("attn", lam.get("token_mlp")),
-        "mlp": lam.get("mlp", lam.get("channel_mlp")),
-        "block_first": lam.get("block1") if depth else None,
-        "block_mid": lam.get(f"block{mid}") if depth else None,
-        "block_last": lam.get(f"block{depth}") if depth else None,
-        "whole": lam.get("whole"),
-        "w": r.get("activations.weight_norm"),
-        "a_first": a.get("first"),
-        "a_mid": a.get("mid"),
-        "a_last": a.get("last"),
-    }
-    return v, (f"1/{mid}/{depth}" if depth else "")
-
-
 def table3(results: Results | str | Path, *, with_paper: bool = False) -> Table:
-    """Table 3: block λ_max, ‖w‖₂ and block output norms; one row per checkpoint.
+    """Table 3: one column per registered Table-3 entry (block λ_max, ‖w‖₂, block output
+    norms, and optional ones such as the Hessian trace when measured); one row per
+    checkpoint.
 
     Raises:
         ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
@@ -343,36 +303,31 @@ def table3(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     res = _load(results)
     if not len(res) and not with_paper:
         raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    entries = _entries(3, res.records)
     rows = _column_labels(res.records)
-    cells: list[list[Any]] = []
-    depths: dict[str, str] = {}
-    for r in res.records:
-        v, blocks = _t3_values(r)
-        cells.append([v[k] for k, _ in T3_COLS])
-        if blocks:
-            depths.setdefault(r.model, blocks)
-    notes = []
-    if depths:
-        notes.append("Block 1/mid/last (and a_1/a_mid/a_last): "
-                     + "; ".join(f"{m} {b}" for m, b in depths.items())
-                     + ". a_k = mean over examples of ‖block k output‖₂.")
+    row_keys = [r.id for r in res.records]
+    cells: list[list[Any]] = [[e.value(r) for e in entries] for r in res.records]
+    notes = _notes(3, res.records)
     if with_paper:
         p = paper_tables()[3]
-        if len(p.header) != 1 + len(T3_COLS):
-            raise ValueError("paper Table 3 has an unexpected number of columns")
         for row in p.rows:
             rows.append(f"paper: {row[0]}")
-            cells.append(list(row[1:]))
+            row_keys.append(f"paper:{row[0]}")
+            cells.append([row[e.paper] if isinstance(e.paper, int) and e.paper < len(row)
+                          else None for e in entries])
         notes.append("paper: Chen, Hsieh & Gong (ICLR 2022), ImageNet; mid/last = Block6/Block12.")
     return Table(
         number=3,
         title="Table 3: λ_max of the diagonal Hessian blocks, weight and activation norms",
         corner="Model",
         row_labels=tuple(rows),
-        col_labels=tuple(label for _, label in T3_COLS),
+        col_labels=tuple(e.label for e in entries),
         cells=tuple(tuple(c) for c in cells),
-        kinds=tuple(tuple("text" if isinstance(x, str) else "num" for x in c) for c in cells),
+        kinds=tuple(tuple("text" if isinstance(x, str) else e.kind
+                          for x, e in zip(c, entries, strict=True)) for c in cells),
         notes=tuple(notes),
+        row_keys=tuple(row_keys),
+        col_keys=tuple(e.key for e in entries),
     )
 
 
@@ -384,7 +339,7 @@ def make_table(results: Results | str | Path, which: int, *, with_paper: bool = 
         SpecError: ``which`` is not 1 or 3.
     """
     if which not in (1, 3):
-        raise SpecError(f"--which must be 1 or 3, got {which!r}")
+        raise SpecError(f"which must be 1 or 3, got {which!r}", param="which")
     t = (table1 if which == 1 else table3)(results, with_paper=with_paper)
     return t.transposed() if transpose else t
 

@@ -1,8 +1,13 @@
 """analyze(): registry, resume/skip/force, settings guard, per-architecture reuse."""
 
+from dataclasses import dataclass
+
 import pytest
+import torch
 
 from geomkit import analyze as A
+from geomkit import measurements as M
+from geomkit.measurements._common import Options, samples
 from geomkit.data import DataSpec
 from geomkit.errors import CheckpointError, ResultFileError, SpecError
 from geomkit.models import build
@@ -22,6 +27,22 @@ def ckpts(tmp_path_factory):
     return tiny_vit(d / "a.pt", 0), tiny_vit(d / "b.pt", 1, "sam", "sam")
 
 
+@dataclass(frozen=True)
+class CountOptions(Options):
+    samples: int = samples()
+
+
+@dataclass(frozen=True)
+class NoOptions(Options):
+    pass
+
+
+def temporary(monkeypatch, m):
+    """Register ``m`` for one test (the registry is loaded first, then patched)."""
+    M.registry()
+    monkeypatch.setitem(M._REGISTRY, m.name, m)
+
+
 @pytest.fixture
 def counting(monkeypatch):
     """A cheap registered measurement that counts its calls, run alone."""
@@ -31,8 +52,9 @@ def counting(monkeypatch):
         calls.append(ck.label)
         return {"n": o.samples, "label": ck.label}
 
-    monkeypatch.setitem(A.MEASUREMENTS, "count",
-                        A.MeasurementSpec("count", fn, lambda ck, o: {"samples": o.samples}, ""))
+    temporary(monkeypatch, M.Measurement(
+        "count", "counts", CountOptions, fn, lambda ck, o: {"samples": o.samples},
+        schema=("n", "label"), default=False))
     return calls
 
 
@@ -63,8 +85,9 @@ def test_per_architecture_results_are_reused(ckpts, tmp_path, monkeypatch):
         calls.append(ck.label)
         return {"v": 1.0}
 
-    monkeypatch.setitem(A.MEASUREMENTS, "arch", A.MeasurementSpec(
-        "arch", fn, lambda ck, o: {"model": ck.model_name, "kw": ck.model_kwargs}, "", True))
+    temporary(monkeypatch, M.Measurement(
+        "arch", "", NoOptions, fn, lambda ck, o: {"model": ck.model_name, "kw": ck.model_kwargs},
+        schema=("v",), per_architecture=True, default=False))
     r = A.analyze(ckpts, tmp_path / "r.h5", measurements=["arch"], progress=False)
     assert calls == ["vit/vanilla"] and len(r.reused) == 1
     rec = r.results[1]
@@ -73,17 +96,38 @@ def test_per_architecture_results_are_reused(ckpts, tmp_path, monkeypatch):
 
 
 def test_cheap_measurements_values(ckpts, tmp_path):
+    """Stored values equal a direct call of the library function on the same data."""
+    from geomkit.checkpoint import load_checkpoint
+    from geomkit.geometry.activations import activation_stats
+    from geomkit.geometry.robustness import robustness
+
     r = A.analyze(ckpts[:1], tmp_path / "r.h5", measurements=["activations", "robustness"],
                   samples=16, test_samples=20, progress=False)
     rec = r.results[0]
-    assert rec.get("activations.depth") == 1
+    ck = load_checkpoint(ckpts[0])
+    s = activation_stats(ck.model, ck.analysis_data("train", 16)[0])
+    assert rec.get("activations.depth") == 1 == len(s.blocks)
     assert rec.get("activations.a_index") == {"first": 1, "mid": 1, "last": 1}
-    norms = rec.get("activations.block_output_norm")
-    assert rec.get("activations.a.first") == pytest.approx(norms[0])
-    assert rec.get("activations.weight_norm") > 0
+    (blk,) = s.blocks.values()
+    assert rec.get("activations.block_output_norm") == [blk.output_norm]
+    assert rec.get("activations.a.first") == blk.output_norm
+    assert rec.get("activations.weight_norm") == s.weight_norm
+    assert rec.get("activations.active_fraction") == s.active_fraction
+    x, y = ck.analysis_data("test", 20)
+    rob = robustness(ck.model, x, y, normalization=ck.data_spec, seed=0).summary()
     assert rec.get("robustness.n_samples") == 20
-    assert 0 <= rec.get("robustness.mean_corrupted") <= 1
-    assert len(rec.get("robustness.accuracy.jpeg")) == 5
+    assert rec.get("robustness.clean") == rob["clean"]
+    assert rec.get("robustness.mean_corrupted") == rob["mean_corrupted"]
+    assert rec.get("robustness.accuracy.jpeg") == list(rob["accuracy"]["jpeg"])
+
+
+def test_unknown_option_and_schema_are_refused(ckpts, tmp_path, monkeypatch):
+    with pytest.raises(SpecError, match="unknown option.*samplez.*valid: .*samples"):
+        A.analyze(ckpts, tmp_path / "r.h5", samplez=3, progress=False)
+    temporary(monkeypatch, M.Measurement("leaky", "", NoOptions, lambda ck, o: {"x": 1, "y": 2},
+                                         lambda ck, o: {}, schema=("x",), default=False))
+    with pytest.raises(RuntimeError, match="outside its schema"):
+        A.analyze(ckpts[:1], tmp_path / "r.h5", measurements=["leaky"], progress=False)
 
 
 def test_bad_input(ckpts, tmp_path):
@@ -108,13 +152,24 @@ def test_end_to_end_all_measurements(ckpts, tmp_path):
     out = tmp_path / "r.h5"
     r = A.analyze(ckpts, out, samples=32, ntk_samples=16, ntk_repeats=2, test_samples=40,
                   hessian_max_iter=30, progress=False)
-    assert {n for _, n in r.computed} == set(A.MEASUREMENTS)
+    assert {n for _, n in r.computed} == set(M.default_measurements())
     assert [n for _, n in r.reused] == ["ntk_init"]  # same architecture: κ at init computed once
     a, b = r.results
     assert a.get("ntk_init.kappa") == b.get("ntk_init.kappa") > 1
     lam = a.get("hessian.lambda_max")
     assert list(lam) == ["embedding", "attn", "mlp", "block1", "whole"]
-    assert lam["whole"] >= max(v for k, v in lam.items() if k != "whole") - 1e-3
+    # stored values are what the library computes directly with the same settings
+    from geomkit.checkpoint import load_checkpoint
+    from geomkit.geometry.hessian import hessian_eigs
+    from geomkit.geometry.ntk import ntk_at_init
+
+    ck = load_checkpoint(ckpts[0])
+    x, y = ck.analysis_data("train", 32)
+    direct = hessian_eigs(ck.model, x, y, blocks=("paper",), tol=1e-3, max_iter=30, seed=0)
+    assert lam == {k: v.lambda_max for k, v in direct.blocks.items()}
+    k = ntk_at_init(ck.fresh_model, ck.analysis_data("train", 16)[0], repeats=2, seed=0,
+                    mode="sum", bn="train", dtype=torch.float64)
+    assert a.get("ntk_init.kappa") == k.kappa
     t1, t3 = table1(out), table3(out)
     assert t1.col_labels == ("vit/adamw", "vit/sam")
     assert all(v is not None for row in t1.cells for v in row)

@@ -251,6 +251,7 @@ def test_findings_from_numbers(tmp_path: Path):
         return {"run": f"{model}-{opt}", "model": model, "family": fam, "optimizer": opt,
                 "subset": 1.0, "seed": 0, "test_acc": acc, "kappa_init": kappa,
                 "lambda_max": {"embedding": lam, "whole": 2 * lam}, "hessian_depth": 2,
+                "t3": {"embedding": lam, "whole": 2 * lam},
                 "weight_norm": w, "mean_corrupted": acc - 0.1}
 
     rows = (row("resnet-tiny", "resnet", "vanilla", 0.9, 5.0, 10.0, 10.0),

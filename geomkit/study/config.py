@@ -63,12 +63,11 @@ _RESERVED_TRAIN = {"model", "model_kwargs", "data", "optimizer", "seed", "label"
 
 
 def model_family(name: str) -> str:
-    """``vit`` / ``mixer`` / ``resnet`` / ``other`` from a registry name (no model built)."""
-    head = name.split("-")[0].lower()
-    for fam in ("vit", "mixer", "resnet"):
-        if head.startswith(fam):
-            return fam
-    return "other"
+    """``vit`` / ``mixer`` / ``resnet`` / ``other`` of a registry name (no model built):
+    :func:`geomkit.models.family`, the one place that decides it."""
+    from geomkit.models import family
+
+    return family(name)
 
 
 def subset_tag(subset: float) -> str:
@@ -76,48 +75,94 @@ def subset_tag(subset: float) -> str:
     return f"{subset:.4g}"
 
 
+#: Study defaults that differ from ``geomkit analyze``'s (studies measure on more examples).
+STUDY_ANALYSIS_DEFAULTS: dict[str, Any] = {"samples": 256}
+_DENSITY = ("density_samples", "density_probes", "density_iter")
+
+
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """Stage-2 settings: what ``geomkit.analyze.analyze`` and the spectral densities use.
+    """Stage-2 settings: the measurements' options, which measurements, and the densities.
+
+    ``[analysis]`` takes any option a registered measurement declares (``samples``,
+    ``ntk_samples``, ``ntk_repeats``, ``test_samples`` (0 = the whole split),
+    ``hessian_tol``, ``hessian_max_iter``, ``trace_probes``, ...; see
+    :func:`geomkit.measurements.option_fields`) as a key, read back as an attribute
+    (``settings.samples``), plus:
 
     Attributes:
-        samples: first N training examples for the Hessian λ_max per block and the
-            activation statistics (the analysis-data rule).
-        ntk_samples: examples for the NTK condition number at initialization.
-        ntk_repeats: initializations averaged for κ.
-        test_samples: test examples for clean / corrupted accuracy (0 = the whole split).
-        hessian_tol, hessian_max_iter: Lanczos tolerance and step limit.
+        options: the measurement options given (unset ones take their defaults; the study
+            measures on ``samples = 256`` by default).
+        measure: measurement names to run (empty: the registry's defaults).
         density_samples: examples for the Hessian spectral density (0 = no densities).
         density_probes, density_iter: SLQ probes and Lanczos steps per probe.
-        options: further keyword arguments passed to ``geomkit.analyze.analyze``.
     """
 
-    samples: int = 256
-    ntk_samples: int = 64
-    ntk_repeats: int = 3
-    test_samples: int = 0
-    hessian_tol: float = 1e-3
-    hessian_max_iter: int = 100
+    options: dict[str, Any] = field(default_factory=dict)
+    measure: tuple[str, ...] = ()
     density_samples: int = 128
     density_probes: int = 2
     density_iter: int = 48
-    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == "options":
-                if not isinstance(v, dict):
-                    raise SpecError(f"[analysis] options must be a table, got {v!r}")
-            elif f.name == "hessian_tol":
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
-                    raise SpecError(f"[analysis] hessian_tol must be a number >= 0, got {v!r}")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise SpecError(f"[analysis] {f.name} must be an integer >= 0, got {v!r}")
-        for name in ("samples", "ntk_samples", "ntk_repeats", "hessian_max_iter",
-                     "density_probes", "density_iter"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"[analysis] {name} must be >= 1, got {getattr(self, name)}")
+        from geomkit import measurements as registry
+
+        if not isinstance(self.options, dict):
+            raise SpecError(f"[analysis] options must be a table, got {self.options!r}")
+        registry.check_option_names(self.options, "[analysis] ")
+        m = self.measure
+        if isinstance(m, str) or not isinstance(m, (list, tuple)):
+            raise SpecError(f"[analysis] measure must be a list of names, got {m!r}")
+        object.__setattr__(self, "measure", tuple(m))
+        for name in self.measure:
+            if name not in registry.registry():
+                raise SpecError(f"[analysis] unknown measurement {name!r}; valid: "
+                                f"{', '.join(registry.registry())}")
+        for name in _DENSITY:
+            v = getattr(self, name)
+            lo = 0 if name == "density_samples" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise SpecError(f"[analysis] {name} must be an integer >= {lo}, got {v!r}")
+        try:
+            self.analyze_options()  # each measurement's options dataclass validates them
+        except SpecError as e:
+            raise SpecError(f"[analysis] {e}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from geomkit import measurements as registry
+
+        fields = registry.option_fields()
+        if name not in fields:
+            raise AttributeError(name)
+        return self.options.get(name, STUDY_ANALYSIS_DEFAULTS.get(name, fields[name].default))
+
+    def analyze_options(self) -> dict[str, Any]:
+        """The options for :func:`geomkit.analyze.analyze` (study defaults applied, and
+        ``test_samples = 0`` meaning the whole split)."""
+        from geomkit import measurements as registry
+
+        out = STUDY_ANALYSIS_DEFAULTS | dict(self.options)
+        if out.get("test_samples") == 0:
+            out["test_samples"] = None
+        for n in registry.registry():
+            registry.build_options(n, out)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat ``[analysis]`` table (:meth:`from_dict` reads it back)."""
+        return {**self.options, "measure": list(self.measure),
+                **{k: getattr(self, k) for k in _DENSITY}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AnalysisSettings:
+        d = dict(d)
+        options = d.pop("options", {})  # older files: extra analyze() keywords in a sub-table
+        if not isinstance(options, dict):
+            raise SpecError(f"[analysis] options must be a table, got {options!r}")
+        kw = {k: d.pop(k) for k in (*_DENSITY, "measure") if k in d}
+        return cls(options={**options, **d}, **kw)
 
 
 @dataclass(frozen=True)
@@ -318,6 +363,7 @@ class StudyConfig:
         """JSON-able dict (``study_config_from_dict(c.to_dict()) == c``)."""
         d = dataclasses.asdict(self)
         d["data"] = self.data.to_dict()
+        d["analysis"] = self.analysis.to_dict()
         for k in ("models", "optimizers", "seeds", "subsets"):
             d[k] = list(d[k])
         for k in ("x", "y"):
@@ -364,15 +410,13 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
         spec = DataSpec.from_dict(data)
     except GeomkitError as e:
         raise SpecError(f"[data]: {e}") from None
-    analysis = _table(d, "analysis")
-    a_names = {f.name for f in dataclasses.fields(AnalysisSettings)}
+    analysis = AnalysisSettings.from_dict(_table(d, "analysis"))
     landscape = _table(d, "landscape")
     l_names = {f.name for f in dataclasses.fields(LandscapeSettings)}
-    for sect, given, names in (("analysis", analysis, a_names), ("landscape", landscape, l_names)):
-        bad = sorted(set(given) - names)
-        if bad:
-            raise SpecError(f"unknown [{sect}] key(s) {', '.join(bad)}; "
-                            f"valid: {', '.join(sorted(names))}")
+    bad = sorted(set(landscape) - l_names)
+    if bad:
+        raise SpecError(f"unknown [landscape] key(s) {', '.join(bad)}; "
+                        f"valid: {', '.join(sorted(l_names))}")
     train = {"epochs": 30, "batch_size": 64} | _table(d, "train")
     if "models" not in d:
         raise SpecError("a study needs `models = [...]` (registry names, see `geomkit models`)")
@@ -390,14 +434,14 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
             data=spec,
             subsets=subsets,
             train=train,
-            analysis=AnalysisSettings(**analysis),
+            analysis=analysis,
             landscape=LandscapeSettings(**landscape),
             threads=d.get("threads", 0),
             origin=str(source or d.get("origin", "")),
         )
     except SpecError:
         raise
-    except (TypeError, ValueError) as e:  # includes GeomkitErrors from DataSpec/TrainConfig
+    except (TypeError, ValueError, GeomkitError) as e:  # DataSpec/TrainConfig errors too
         raise SpecError(f"bad study {source or ''}: {' '.join(str(e).split())}") from None
 
 

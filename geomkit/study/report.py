@@ -172,33 +172,28 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _entry_table(rows: Sequence[dict[str, Any]], table: int) -> str:
+    """Table 1 or 3 for the study's runs (mean ± std over seeds), one row per run group;
+    the columns are the measurement registry's entries for that table."""
+    from geomkit import measurements as registry
+
+    entries = [e for _, e in registry.table_entries(table)
+               if not e.optional or any(e.key in (r.get(f"t{table}") or {}) for r in rows)]
+    digits = {"params": 6, "pct": 4}
+    body = [[_label(g)] + [_cell([(r.get(f"t{table}") or {}).get(e.key) for r in g],
+                                 digits=digits.get(e.kind, 3)) for e in entries]
+            for g in _groups(rows)]
+    return md_table(["run"] + [e.label for e in entries], body)
+
+
 def table1_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Table 1 for the study's runs (mean ± std over seeds)."""
-    body = []
-    for g in _groups(rows):
-        body.append([
-            _label(g), _cell([r.get("num_params") for r in g], digits=6),
-            _cell([r.get("kappa_init") for r in g]),
-            _cell([lambda_columns(r).get("whole") for r in g]),
-            _cell([r.get("test_acc") for r in g], 100, 4),
-            _cell([r.get("mean_corrupted") for r in g], 100, 4),
-        ])
-    return md_table(["run", "#params", "NTK κ (init)", "Hessian λ_max", "test acc (%)",
-                     "-C acc (%)"], body)
+    return _entry_table(rows, 1)
 
 
 def table3_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Table 3 for the study's runs: λ_max per block, ‖w‖₂, ‖a_k‖₂ (first/mid/last block)."""
-    body = []
-    for g in _groups(rows):
-        lc = [lambda_columns(r) for r in g]
-        idx = g[0].get("a_index") or {}
-        a_names = {k: f"{k} (block {idx[k]})" if k in idx else k for k in ("first", "mid", "last")}
-        body.append([_label(g)] + [_cell([c.get(col) for c in lc]) for col in COLUMNS]
-                    + [_cell([r.get("weight_norm") for r in g])]
-                    + [_cell([(r.get("a") or {}).get(k) for r in g]) for k in a_names])
-    return md_table(["run"] + [COLUMN_TITLES[c] for c in COLUMNS]
-                    + ["‖w‖₂", "‖a_first‖₂", "‖a_mid‖₂", "‖a_last‖₂"], body)
+    return _entry_table(rows, 3)
 
 
 def paper_side_by_side(view: StudyView) -> dict[int, str]:

@@ -15,14 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from geomkit.errors import ResultFileError
+from geomkit.study._log import log as _log
 from geomkit.study.config import StudyConfig
-
-
-def _log(progress: bool, msg: str) -> None:
-    from geomkit.study.run import _log as log
-
-    log(progress, msg)
-
 
 # -- stage 2: analysis ---------------------------------------------------------------------
 
@@ -34,26 +28,17 @@ def analyze_stage(config: StudyConfig, out_dir: Path, runs: Sequence[Any], *,
     if not runs:
         return out
     a = config.analysis
-    try:
-        from geomkit.analyze import analyze
-    except ImportError:  # the analysis module is optional for a training-only install
-        analyze = None
-        _log(progress, "analyze: geomkit.analyze is not available; skipping the measurements")
-    if analyze is not None:
-        path = out_dir / "results.h5"
-        kw = dict(samples=a.samples, ntk_samples=a.ntk_samples, ntk_repeats=a.ntk_repeats,
-                  test_samples=a.test_samples or None, hessian_tol=a.hessian_tol,
-                  hessian_max_iter=a.hessian_max_iter, progress=progress) | dict(a.options)
-        ckpts = [r.checkpoint for r in runs]
-        _log(progress, f"analyze {len(ckpts)} checkpoints into {path}")
-        try:
-            analyze(ckpts, path, force=force, **kw)
-        except ResultFileError as e:  # the study's settings changed: measure again
-            if force or not path.exists():
-                raise
-            _log(progress, f"analyze: settings changed ({str(e)[:120]}...); recomputing")
-            analyze(ckpts, path, force=True, **kw)
-        out["results"] = path
+    from geomkit.analyze import analyze
+
+    path = out_dir / "results.h5"
+    ckpts = [r.checkpoint for r in runs]
+    _log(progress, f"analyze {len(ckpts)} checkpoints into {path}")
+    # changed [analysis] settings are refused by analyze() (ResultFileError naming the
+    # difference) unless the study runs with --force: stored measurements are never
+    # replaced silently
+    analyze(ckpts, path, force=force, measurements=list(a.measure) or None,
+            progress=progress, **a.analyze_options())
+    out["results"] = path
     if a.density_samples > 0:
         for r in runs:
             density_for_run(r, out_dir / "density" / f"{r.name}.h5", config, force=force,

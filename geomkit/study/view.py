@@ -9,8 +9,9 @@ A row holds the run's identity (``run``, ``model``, ``family``, ``optimizer``,
 ``train_seconds``) and, when stage 2 has measured it, ``num_params``, ``kappa_init``,
 ``lambda_max`` (block → value), ``hessian_depth``, ``weight_norm``, ``a`` (first / mid
 / last block output norm), ``a_index``, ``block_active_fraction`` (list), ``clean``,
-``mean_corrupted``, ``per_corruption`` (corruption → accuracy); stage-3/2 files are
-in ``landscape`` and ``density`` (paths or None).
+``mean_corrupted``, ``per_corruption`` (corruption → accuracy) — each measurement's
+``view`` in :mod:`geomkit.measurements` — and ``t1`` / ``t3``, its Table 1 / Table 3
+values by entry key; stage-3/2 files are in ``landscape`` and ``density`` (paths or None).
 """
 
 from __future__ import annotations
@@ -24,27 +25,16 @@ import numpy as np
 
 from geomkit.errors import ResultFileError
 
-#: Canonical Table-3 columns and the block presets that fill them, per family.
-COLUMNS: tuple[str, ...] = ("embedding", "mixing", "mlp", "first", "mid", "last", "whole")
-COLUMN_TITLES: dict[str, str] = {
-    "embedding": "Embedding", "mixing": "MSA / Token MLP", "mlp": "MLP / Channel MLP",
-    "first": "Block first", "mid": "Block mid", "last": "Block last", "whole": "Whole",
-}
+
+def _lambda_entries() -> list[Any]:
+    from geomkit import measurements as registry
+
+    return [e for _, e in registry.table_entries(3) if e.group == "lambda_max"]
 
 
-def column_of(block: str, depth: int) -> list[str]:
-    """The canonical columns a Table-3 block name fills (``block1`` of a 1-block model
-    is first, mid and last at once)."""
-    if block in ("attn", "token_mlp"):
-        return ["mixing"]
-    if block in ("mlp", "channel_mlp"):
-        return ["mlp"]
-    if block in ("embedding", "whole"):
-        return [block]
-    if block.startswith("block") and block[5:].isdigit() and depth:
-        k = int(block[5:])
-        return [c for c, i in (("first", 1), ("mid", (depth + 1) // 2), ("last", depth)) if i == k]
-    return []
+#: The Hessian block columns of Table 3 (keys and titles from the measurement registry).
+COLUMNS: tuple[str, ...] = tuple(e.key for e in _lambda_entries())
+COLUMN_TITLES: dict[str, str] = {e.key: e.label for e in _lambda_entries()}
 
 
 @dataclass(frozen=True)
@@ -103,28 +93,17 @@ class StudyView:
 
 
 def _measured(rec: Any) -> dict[str, Any]:
+    """The registered measurements' views of a record, and its Table 1 / Table 3 values by
+    entry key (``t1``, ``t3``)."""
+    from geomkit import measurements as registry
+
     out: dict[str, Any] = {}
-    g = rec.get
-    if g("params.num_params") is not None:
-        out["num_params"] = int(g("params.num_params"))
-    if g("ntk_init.kappa") is not None:
-        out["kappa_init"] = float(g("ntk_init.kappa"))
-    lam = g("hessian.lambda_max")
-    if isinstance(lam, dict):
-        out["lambda_max"] = {k: float(v) for k, v in lam.items()}
-        out["hessian_depth"] = int(g("hessian.depth", 0) or 0)
-    if g("activations.weight_norm") is not None:
-        out["weight_norm"] = float(g("activations.weight_norm"))
-        out["a"] = {k: float(v) for k, v in (g("activations.a") or {}).items()}
-        out["a_index"] = {k: int(v) for k, v in (g("activations.a_index") or {}).items()}
-        out["block_active_fraction"] = [float(v) for v in
-                                        list(g("activations.block_active_fraction", []) or [])]
-        out["active_fraction"] = g("activations.active_fraction")
-    if g("robustness.clean") is not None:
-        out["clean"] = float(g("robustness.clean"))
-        out["mean_corrupted"] = float(g("robustness.mean_corrupted"))
-        out["per_corruption"] = {k: float(v) for k, v in
-                                 (g("robustness.per_corruption") or {}).items()}
+    for m in registry.registry().values():
+        if m.view is not None and m.name in rec.measurements:
+            out.update(m.view(rec))
+    for t in (1, 3):
+        out[f"t{t}"] = {e.key: v for _, e in registry.table_entries(t)
+                        if (v := e.value(rec)) is not None}
     return out
 
 
@@ -170,10 +149,6 @@ def open_study(out_dir: str | Path) -> StudyView:
 
 
 def lambda_columns(row: dict[str, Any]) -> dict[str, float]:
-    """A row's Hessian λ_max by canonical Table-3 column (see :data:`COLUMNS`)."""
-    out: dict[str, float] = {}
-    depth = int(row.get("hessian_depth", 0) or 0)
-    for block, v in (row.get("lambda_max") or {}).items():
-        for c in column_of(block, depth):
-            out[c] = v
-    return out
+    """A row's Hessian λ_max by Table-3 column key (see :data:`COLUMNS`)."""
+    t3 = row.get("t3") or {}
+    return {c: float(t3[c]) for c in COLUMNS if c in t3}
