@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 import cli
@@ -42,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_flag(msg: str, param: str | None, parser: argparse.ArgumentParser,
+               args: argparse.Namespace) -> str:
+    """The library names a keyword argument (``device must be ...``); on the command line
+    that is the subcommand's flag with that destination (``--device must be ...``)."""
+    if not param:
+        return msg
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    subparser = sub.choices.get(getattr(args, "command", None)) if sub else None
+    flags = [a.option_strings[0] for a in (subparser._actions if subparser else [])
+             if a.dest == param and a.option_strings]
+    if not flags:
+        return msg
+    out, n = re.subn(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags[0], msg, count=1)
+    return out if n else f"{flags[0]}: {msg}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GeomkitError as e:
         msg = " ".join(str(e).split())  # exactly one line
-        print(f"geomkit: error: {msg}", file=sys.stderr)
+        print(f"geomkit: error: {_with_flag(msg, e.param, parser, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("geomkit: interrupted", file=sys.stderr)

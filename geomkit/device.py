@@ -21,16 +21,20 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError):
-        raise SpecError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+        raise SpecError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}",
+                        param="device") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise SpecError(f"--device {spec} was asked for but CUDA is not available here")
+            raise SpecError(f"device {spec} was asked for but CUDA is not available here",
+                            param="device")
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if dev.index >= torch.cuda.device_count():
-            raise SpecError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise SpecError(f"device {spec}: only {torch.cuda.device_count()} CUDA device(s)",
+                            param="device")
     elif dev.type not in ("cpu", "mps", "xpu"):
-        raise SpecError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+        raise SpecError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}",
+                        param="device")
     return dev
 
 

@@ -10,8 +10,19 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 
-class GeomkitError(ValueError):
-    """Base class of every error caused by user input rather than by a bug."""
+class GeomkitError(Exception):
+    """Base class of every error caused by user input rather than by a bug.
+
+    Not a ``ValueError``: code that catches a library's or Python's own ``ValueError``
+    (to re-word it) must never swallow and re-wrap geomkit's typed errors.  Messages name
+    the keyword argument; the CLI adds its flag: an error raised with
+    ``param="device"`` is a mistake in that keyword, and the command line writes the flag
+    whose destination it is (``--device``) where the message names the keyword.
+    """
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class CheckpointError(GeomkitError):

@@ -12,9 +12,9 @@ def test_auto_and_cpu():
 
 
 def test_bad_names_are_user_errors():
-    with pytest.raises(SpecError, match="--device must be"):
+    with pytest.raises(SpecError, match="^device must be"):
         resolve_device("tpu9")
-    with pytest.raises(SpecError, match="--device must be"):
+    with pytest.raises(SpecError, match="^device must be"):
         resolve_device("meta")
 
 
