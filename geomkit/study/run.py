@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from geomkit.errors import CheckpointError, SpecError
+from geomkit.study import stages as _stages
+from geomkit.study._log import log as _log
 from geomkit.study.config import RunSpec, StudyConfig, load_study_config, model_family
 
 #: The stages of a study, in order.
@@ -117,13 +118,6 @@ def parse_stages(stages: str | Sequence[str] | None) -> tuple[str, ...]:
         raise SpecError(f"unknown stage(s) {', '.join(bad) or '(none)'}; "
                         f"valid: {', '.join(STAGES)}")
     return tuple(s for s in STAGES if s in items)
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"[study] {msg}", file=sys.stderr)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -285,7 +279,6 @@ def _run(config: StudyConfig, out_dir: str | Path, force: bool, selected: tuple[
     _save_state(config, out_dir, records)
     ready = [r for r in records if r.status != "missing"]
 
-    from geomkit.study import stages as _stages
 
     stage_fns: dict[str, Callable[..., dict[str, Any]]] = {
         "analyze": _stages.analyze_stage, "landscape": _stages.landscape_stage,
