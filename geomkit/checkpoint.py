@@ -7,13 +7,17 @@ values, so it loads with ``torch.load(..., weights_only=True)``:
 ``format``     ``"geomkit-checkpoint/1"``
 ``model``      ``{"name": registry name, "kwargs": JSON-able constructor kwargs}``
 ``state_dict`` the model's parameters and buffers (CPU tensors)
-``optimizer``  the optimizer's ``state_dict()`` (or None)
+``optimizer``  the optimizer's ``state_dict()`` with CPU tensors (or None)
 ``step``       optimizer steps taken; ``epoch``: epochs completed
 ``config``     the resolved training configuration (optimizer, rho, lr, seed, ...)
 ``data``       the :class:`~geomkit.data.DataSpec` as a dict
 ``metrics``    final and per-epoch metrics
 ``provenance`` geomkit/torch versions, host, time
 =============  ==============================================================
+
+Every tensor is saved on the CPU, so a checkpoint written by a CUDA run loads on a
+CPU-only machine with plain ``torch.load(path, weights_only=True)``; a resumed run's
+``optimizer.load_state_dict`` moves the state back to its parameters' device.
 
 Files are written atomically (temporary file in the same directory, then
 ``os.replace``), so a killed run never leaves a truncated file under the final name.
@@ -40,6 +44,19 @@ from geomkit.provenance import file_sha256, provenance
 FORMAT = "geomkit-checkpoint/1"
 
 
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples on the CPU (CPU ones as is)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -63,7 +80,7 @@ def save_checkpoint(
         "format": FORMAT,
         "model": {"name": spec["name"], "kwargs": dict(spec["kwargs"])},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "step": int(step),
         "epoch": int(epoch),
         "config": dict(config),
@@ -85,7 +102,8 @@ def save_checkpoint(
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A loaded checkpoint: the rebuilt model (eval mode, CPU) and everything about its run."""
+    """A loaded checkpoint: the rebuilt model (eval mode, on the device it was loaded to,
+    CPU by default) and everything about its run."""
 
     path: Path
     model: nn.Module
@@ -137,11 +155,16 @@ class Checkpoint:
         return x, y
 
     def fresh_model(self, seed: int) -> nn.Module:
-        """The same architecture, newly initialised from ``seed`` (e.g. NTK at init)."""
+        """The same architecture, newly initialised from ``seed`` (e.g. NTK at init).
+
+        Initialised on the CPU (the same values whatever the device), then moved to the
+        device of :attr:`model` (a checkpoint loaded with ``device="cuda"`` gives a CUDA model).
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build(self.model_name, **self.model_kwargs)
-        return model.eval()
+        p = next(self.model.parameters(), None)
+        return model.to(p.device if p is not None else "cpu").eval()
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from geomkit.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from geomkit.data import DataSpec
@@ -49,6 +50,74 @@ def test_round_trip_with_weights_only(tmp_path):
     assert torch.equal(a.fc.weight, b.fc.weight) and not torch.equal(
         a.fc.weight, ck.model.fc.weight
     )
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_trained_on_device_loads_on_cpu(tmp_path, device, monkeypatch):
+    """geomkit's loop trains on ``device`` and saves; a CPU-only machine loads the file."""
+    from geomkit.train import TrainConfig, loop, train
+
+    trained = {}
+    orig = loop.save_checkpoint
+
+    def keep(path, model, **kw):  # the weights in memory at the save, on the device
+        trained.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return orig(path, model, **kw)
+
+    monkeypatch.setattr(loop, "save_checkpoint", keep)
+    cfg = TrainConfig(
+        model="vit-tiny",
+        model_kwargs={"depth": 1, "embed_dim": 8, "num_heads": 2},
+        data={
+            "source": "synthetic",
+            "synthetic_train": 64,
+            "synthetic_test": 32,
+            "synthetic_classes": 4,
+        },
+        optimizer="sam",  # SAM around AdamW: moments and step counts in the optimizer state
+        epochs=1,
+        batch_size=32,
+        device=device.type,
+    )
+    path = train(cfg, tmp_path / "run", progress=False).checkpoint
+    assert {v.device.type for v in trained.values()} == {device.type}
+    # every tensor was saved on the CPU: plain weights_only loading, no map_location
+    raw = torch.load(path, weights_only=True)
+    assert raw["optimizer"]["state"] and raw["step"] == 2
+    assert all(t.device.type == "cpu" for t in _tensors(raw))
+    ck = load_checkpoint(path, device="cpu")
+    weights = ck.model.state_dict()
+    assert list(weights) == list(trained)
+    for k, v in trained.items():
+        assert weights[k].device.type == "cpu" and torch.equal(weights[k], v.cpu()), k
+    # the loaded model's loss on the CPU is the one the loop measured on the device
+    x, y = ck.analysis_data("test")
+    with torch.no_grad():
+        loss = F.cross_entropy(ck.model(x), y).item()
+    # float32: CUDA sums the cross-entropy in another order than the CPU
+    assert loss == pytest.approx(
+        ck.metrics["test_loss"], rel=1e-5 if device.type == "cpu" else 1e-4
+    )
+    # loaded back onto the device: the same weights there, fresh models there too
+    on_dev = load_checkpoint(path, device=device)
+    for k, v in on_dev.model.state_dict().items():
+        assert v.device.type == device.type and torch.equal(v.cpu(), weights[k]), k
+    fresh = on_dev.fresh_model(1)
+    assert all(p.device.type == device.type for p in fresh.parameters())
+    for (k, a), b in zip(
+        fresh.state_dict().items(), ck.fresh_model(1).state_dict().values(), strict=True
+    ):
+        assert torch.equal(a.cpu(), b), k  # initialised on the CPU, then moved
 
 
 def test_run_directory_resolves_to_last(tmp_path):

@@ -13,6 +13,7 @@ the gradient at the perturbed point is all-reduced.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -133,7 +134,9 @@ def train(
     """Train ``cfg.model`` on ``cfg.data`` and write ``out_dir/last.pt`` after every epoch.
 
     With ``resume=True`` and an existing ``out_dir/last.pt`` the run continues from it
-    (its stored configuration wins over ``cfg``); a finished run returns immediately.
+    (its stored configuration wins over ``cfg``, except ``cfg.device``, where it runs now;
+    the optimizer state follows the parameters to that device); a finished run returns
+    immediately.
     """
     out_dir = Path(out_dir)
     last = out_dir / "last.pt"
@@ -141,7 +144,9 @@ def train(
     prior_metrics: dict[str, Any] = {}
     if resume and last.exists():
         ck = load_checkpoint(last)
-        cfg = TrainConfig.from_dict(ck.config)
+        # The stored run wins, except where it runs: a run saved on "cuda" (or "cuda:1")
+        # resumes on the device asked for now, e.g. on a CPU-only machine.
+        cfg = dataclasses.replace(TrainConfig.from_dict(ck.config), device=cfg.device)
         start_epoch, opt_state, prior_metrics = ck.epoch, ck.optimizer_state, ck.metrics
     device = resolve_device(cfg.device)
     ddp = distributed.init(device)

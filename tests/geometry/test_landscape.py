@@ -1,4 +1,9 @@
-"""Directions and grid evaluation of geomkit.geometry.landscape, against explicit oracles."""
+"""Directions and grid evaluation of geomkit.geometry.landscape, against explicit oracles.
+
+Measurement tests take the ``device`` fixture (CPU, and CUDA when present): oracles run on
+the CPU case, the landscape on ``case.to(device)``, and results are compared on the CPU.
+Directions are drawn on the CPU and moved, so they are the same numbers on every device.
+"""
 
 from __future__ import annotations
 
@@ -33,19 +38,27 @@ def _assert_same_state(model, saved):
     now = model.state_dict()
     assert list(now) == list(saved)
     for k, v in saved.items():
-        assert torch.equal(now[k], v), k
+        assert now[k].device == v.device and torch.equal(now[k], v), k
+
+
+def _cpu(direction):
+    return {k: v.cpu() for k, v in direction.items()}
+
+
+def _on(direction, device):
+    return all(t.device.type == device.type for t in direction.values())
 
 
 # ---------------------------------------------------------------- directions
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_filter_normalization_matches_weight_filters(name):
+def test_filter_normalization_matches_weight_filters(name, device):
     case = make_case(name)
     w = dict(case.model.named_parameters())
-    d = random_direction(case.model, seed=3)
-    assert list(d) == list(w)  # state_dict names, unmodified, same order
-    for k, t in d.items():
+    d = random_direction(case.to(device).model, seed=3)
+    assert list(d) == list(w) and _on(d, device)  # state_dict names, unmodified, same order
+    for k, t in _cpu(d).items():
         if t.dim() <= 1:
             assert torch.count_nonzero(t) == 0, k  # biasbn: 1-D parameters zeroed
             continue
@@ -53,30 +66,38 @@ def test_filter_normalization_matches_weight_filters(name):
             torch.testing.assert_close(t[i].norm(), w[k][i].detach().norm(), rtol=1e-9, atol=1e-9)
 
 
-def test_filter_normalization_oracle_per_filter_loop():
+def test_filter_normalization_oracle_per_filter_loop(device):
     """Li et al.: D_i <- D_i * ||W_i|| / (||D_i|| + 1e-10), written as an explicit loop."""
     case = make_case("cnn_bn")
     weights = {k: p.detach() for k, p in case.model.named_parameters()}
+    dev_weights = {k: p.detach() for k, p in case.to(device).model.named_parameters()}
     g = torch.Generator().manual_seed(5)
     raw = {
         k: torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.dtype)
         for k, w in weights.items()
     }
-    got = normalize_direction(raw, weights, norm="filter", ignore="biasbn")
+    on_device = normalize_direction(
+        {k: r.to(device) for k, r in raw.items()}, dev_weights, norm="filter", ignore="biasbn"
+    )
+    # a CPU direction against weights on the device: normalized where the direction lives
+    mixed = normalize_direction(raw, dev_weights, norm="filter", ignore="biasbn")
+    assert _on(on_device, device) and _on(mixed, torch.device("cpu"))
     for k, r in raw.items():
         want = torch.zeros_like(r)
         if r.dim() > 1:
             for i in range(r.shape[0]):
                 want[i] = r[i] * weights[k][i].norm() / (r[i].norm() + 1e-10)
-        torch.testing.assert_close(got[k], want, rtol=1e-12, atol=0)
-    assert got is not raw and torch.count_nonzero(raw["1.weight"]) > 0  # input untouched
+        torch.testing.assert_close(on_device[k].cpu(), want, rtol=1e-12, atol=0)
+        torch.testing.assert_close(mixed[k], want, rtol=1e-12, atol=0)
+    assert torch.count_nonzero(raw["1.weight"]) > 0  # input untouched
 
 
-def test_ignore_none_keeps_1d_params_normalized_as_a_whole():
+def test_ignore_none_keeps_1d_params_normalized_as_a_whole(device):
     case = make_case("cnn_bn")
     w = dict(case.model.named_parameters())
-    d = random_direction(case.model, seed=1, ignore="none")
-    d_bb = random_direction(case.model, seed=1, ignore="biasbn")
+    model = case.to(device).model
+    d = _cpu(random_direction(model, seed=1, ignore="none"))
+    d_bb = _cpu(random_direction(model, seed=1, ignore="biasbn"))
     for k, t in d.items():
         if t.dim() <= 1:
             assert torch.count_nonzero(t) == t.numel()
@@ -85,13 +106,16 @@ def test_ignore_none_keeps_1d_params_normalized_as_a_whole():
             assert torch.equal(t, d_bb[k])
 
 
-def test_layer_and_none_normalization():
+def test_layer_and_none_normalization(device):
     case = make_case("vit1")
     w = dict(case.model.named_parameters())
-    lay = random_direction(case.model, seed=2, norm="layer")
-    raw = random_direction(case.model, seed=2, norm="none", ignore="none")
+    model = case.to(device).model
+    lay = _cpu(random_direction(model, seed=2, norm="layer"))
+    raw = random_direction(model, seed=2, norm="none", ignore="none")
+    assert _on(raw, device)
+    raw = _cpu(raw)
     g = torch.Generator().manual_seed(2)
-    for k, p in w.items():
+    for k, p in w.items():  # drawn by the CPU generator, then moved: the same bits anywhere
         want = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
         assert torch.equal(raw[k], want)
         if p.dim() > 1:
@@ -102,9 +126,9 @@ def test_layer_and_none_normalization():
         random_direction(case.model, ignore="bogus")
 
 
-def test_same_seed_same_directions_and_near_orthogonal():
+def test_same_seed_same_directions_and_near_orthogonal(device):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)).to(device)
     a1, b1 = random_directions(model, 2, seed=7)
     a2, b2 = random_directions(model, 2, seed=7)
     c, _ = random_directions(model, 2, seed=8)
@@ -113,19 +137,21 @@ def test_same_seed_same_directions_and_near_orthogonal():
     assert not torch.equal(a1["0.weight"], c["0.weight"])
     assert abs(cosine(a1, b1)) < 0.05  # ~11k entries: cosine ~ 0.01
     assert cosine(a1, a1) == pytest.approx(1.0)
+    assert cosine(a1, _cpu(b1)) == cosine(a1, b1)  # one of them back on the CPU
 
 
-def test_interpolation_direction_reaches_the_target():
+def test_interpolation_direction_reaches_the_target(device):
     torch.manual_seed(0)
     m1 = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     m2 = copy.deepcopy(m1)
     with torch.no_grad():
         for p in m2.parameters():
             p.add_(torch.randn_like(p))
-    d = interpolation_direction(m1, m2)
+    d = interpolation_direction(copy.deepcopy(m1).to(device), m2)  # target left on the CPU
     assert set(d) == {k for k, _ in m1.named_parameters()}  # no running stats
+    assert _on(d, device)
     for k, p in m1.named_parameters():
-        torch.testing.assert_close(p.detach() + d[k], dict(m2.named_parameters())[k].detach())
+        torch.testing.assert_close(p.detach() + d[k].cpu(), dict(m2.named_parameters())[k].detach())
     with pytest.raises(CheckpointError):
         interpolation_direction(m1, nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2)))
 
@@ -146,39 +172,49 @@ def _oracle(model, inputs, targets, dirs, coeffs):
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_grid_matches_oracle_and_center_is_exact(name):
+def test_grid_matches_oracle_and_center_is_exact(name, device):
     case = make_case(name, n=12)
-    model, x, y = case.model, case.inputs, case.targets
+    dev = case.to(device)
+    model, x, y = dev.model, dev.inputs, dev.targets
     saved = _state(model)
     dirs = random_directions(model, 2, seed=0, ignore="none")
+    assert all(_on(d, device) for d in dirs)
     grid = Grid((-1.0, 1.0, 3), (-0.5, 0.5, 3))
     surf = loss_landscape(model, x, y, dirs, grid, batch_size=5)
     assert surf.loss.shape == (3, 3) and surf.done.all()
-    # the center reproduces the unperturbed evaluation bit for bit
+    # the center reproduces the unperturbed evaluation on the device bit for bit
     assert surf.loss[1, 1] == evaluate(model, x, y, batch_size=5)[0]
     assert surf.center_loss == surf.loss[1, 1]
+    # oracle: a CPU copy of the model loaded with theta + a d1 + b d2, the whole set at once
+    cpu_dirs = [_cpu(d) for d in dirs]
     for i, b in enumerate(grid.ycoordinates):  # row i is y_i, column j is x_j
         for j, a in enumerate(grid.xcoordinates):
-            loss, acc = _oracle(model, x, y, dirs, (a, b))
+            loss, acc = _oracle(case.model, case.inputs, case.targets, cpu_dirs, (a, b))
             assert surf.loss[i, j] == pytest.approx(loss, rel=1e-12)
             assert surf.acc[i, j] == pytest.approx(acc)
     _assert_same_state(model, saved)
 
 
-def test_center_equals_unperturbed_float32_and_buffers_untouched():
+def test_center_equals_unperturbed_float32_and_buffers_untouched(device):
     case = make_case("cnn_bn", n=20, dtype=torch.float32)
-    model = case.model.train()  # evaluated in eval mode, flags restored
+    dev = case.to(device)
+    model = dev.model.train()  # evaluated in eval mode, flags restored
     saved = _state(model)
-    dirs = random_directions(model, 2, seed=0)
-    surf = loss_landscape(model, case.inputs, case.targets, dirs, Grid((-1, 1, 5), (-1, 1, 5)))
+    dirs = random_directions(case.model, 2, seed=0)  # CPU directions for the device model
+    surf = loss_landscape(model, dev.inputs, dev.targets, dirs, Grid((-1, 1, 5), (-1, 1, 5)))
     assert model.training and all(m.training for m in model.modules())
     model.eval()
-    assert surf.loss[2, 2] == evaluate(model, case.inputs, case.targets)[0]
-    _assert_same_state(model, saved)  # incl. BatchNorm running statistics
+    assert surf.loss[2, 2] == evaluate(model, dev.inputs, dev.targets)[0]
+    _assert_same_state(model, saved)  # incl. BatchNorm running statistics, on the device
+    # the center is the model's own loss, computed directly on the CPU (float32; CUDA sums
+    # the mean cross-entropy in another order, so it agrees to float32 rounding only)
+    with torch.no_grad():
+        direct = F.cross_entropy(case.model(case.inputs), case.targets).item()
+    assert surf.loss[2, 2] == pytest.approx(direct, rel=1e-6 if device.type == "cpu" else 1e-5)
 
 
-def test_weights_restored_on_error():
-    case = make_case("vit1")
+def test_weights_restored_on_error(device):
+    case = make_case("vit1").to(device)
     saved = _state(case.model)
     dirs = random_directions(case.model, 2, seed=0)
 
@@ -198,8 +234,8 @@ def test_weights_restored_on_error():
     _assert_same_state(case.model, saved)
 
 
-def test_non_finite_losses_are_stored():
-    case = make_case("mlp")
+def test_non_finite_losses_are_stored(device):
+    case = make_case("mlp").to(device)
     d = random_direction(case.model, seed=0)
     huge = {k: v * 1e308 for k, v in d.items()}
     surf = loss_landscape(case.model, case.inputs, case.targets, [huge], Grid((-10, 10, 3)))
@@ -211,16 +247,19 @@ def test_non_finite_losses_are_stored():
     )
 
 
-def test_vmap_path_matches_loop():
+def test_vmap_path_matches_loop(device):
     case = make_case("vit1")
-    dirs = random_directions(case.model, 2, seed=0)
+    dirs = random_directions(case.model, 2, seed=0)  # CPU directions
+    model = case.to(device).model  # CPU inputs: batches go to the model's device
     g = Grid((-1, 1, 3), (-1, 1, 3))
-    loop = loss_landscape(case.model, case.inputs, case.targets, dirs, g, batch_size=4)
-    vm = loss_landscape(
-        case.model, case.inputs, case.targets, dirs, g, batch_size=4, points_per_call=4
-    )
+    loop = loss_landscape(model, case.inputs, case.targets, dirs, g, batch_size=4)
+    vm = loss_landscape(model, case.inputs, case.targets, dirs, g, batch_size=4, points_per_call=4)
     np.testing.assert_allclose(vm.loss, loop.loss, rtol=1e-10)
     np.testing.assert_array_equal(vm.acc, loop.acc)
+    # and the one-point loop is the CPU oracle's (float64)
+    for (a, b), loss in zip(g.coords(), loop.loss.reshape(-1), strict=True):
+        want, _ = _oracle(case.model, case.inputs, case.targets, dirs, (a, b))
+        assert loss == pytest.approx(want, rel=1e-12)
 
 
 def test_grid_spec_and_errors():
@@ -241,7 +280,7 @@ def test_grid_spec_and_errors():
         )
 
 
-def test_hessian_directions_are_the_dense_top_eigenvectors():
+def test_hessian_directions_are_the_dense_top_eigenvectors(device):
     from geomkit.geometry.landscape import hessian_available, hessian_directions
 
     if not hessian_available():
@@ -260,8 +299,10 @@ def test_hessian_directions_are_the_dense_top_eigenvectors():
             i += s.numel()
         return F.cross_entropy(functional_call(case.model, ps, (case.inputs,)), case.targets)
 
-    _, vecs = torch.linalg.eigh(hessian(loss)(flat))
-    d = hessian_directions(case.model, case.inputs, case.targets, k=2, tol=1e-10)
+    _, vecs = torch.linalg.eigh(hessian(loss)(flat))  # the dense oracle, on the CPU
+    dev = case.to(device)
+    d = hessian_directions(dev.model, dev.inputs, dev.targets, k=2, tol=1e-10)
+    assert all(_on(dk, device) for dk in d)
     for k in range(2):
-        v = torch.cat([d[k][n].flatten() for n in names])
+        v = torch.cat([d[k][n].cpu().flatten() for n in names])
         assert abs(float(v @ vecs[:, -1 - k])) == pytest.approx(1.0, abs=1e-6)

@@ -1,4 +1,9 @@
-"""Resumable, shardable landscape files: layout, resume, refusal, kill/resume, merge, torchrun."""
+"""Resumable, shardable landscape files: layout, resume, refusal, kill/resume, merge, torchrun.
+
+The layout and resume tests take the ``device`` fixture: the model (and the directions it
+draws) live on ``device``, files hold CPU arrays, and the surfaces are compared with the
+in-memory evaluation on the same device and with the CPU case.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +49,10 @@ def _count_forwards(model):
     return calls, handle
 
 
-def test_file_layout_reference_names_scales_and_attrs(tmp_path):
-    case, dirs = _case()
+def test_file_layout_reference_names_scales_and_attrs(tmp_path, device):
+    cpu, cpu_dirs = _case()
+    case = cpu.to(device)
+    dirs = random_directions(case.model, 2, seed=0)  # on the device: written via the CPU
     path = tmp_path / "surf.h5"
     res = compute_landscape(
         path,
@@ -60,6 +67,9 @@ def test_file_layout_reference_names_scales_and_attrs(tmp_path):
     )
     mem = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID, batch_size=8)
     np.testing.assert_array_equal(res.loss, mem.loss)
+    ref = loss_landscape(cpu.model, cpu.inputs, cpu.targets, cpu_dirs, GRID, batch_size=8)
+    np.testing.assert_allclose(res.loss, ref.loss, rtol=1e-12)  # float64, the CPU surface
+    np.testing.assert_array_equal(res.acc, ref.acc)
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["xcoordinates"][...], np.linspace(-1, 1, 5))
         np.testing.assert_array_equal(f["ycoordinates"][...], np.linspace(-1, 1, 4))
@@ -71,7 +81,9 @@ def test_file_layout_reference_names_scales_and_attrs(tmp_path):
         assert f["done"].dtype == bool and f["done"][...].all()
         names = [k for k, _ in case.model.named_parameters()]
         assert sorted(f["directions/x"]) == sorted(names) == sorted(f["directions/y"])
-        np.testing.assert_array_equal(f["directions/y/5.weight"][...], dirs[1]["5.weight"].numpy())
+        np.testing.assert_array_equal(
+            f["directions/y/5.weight"][...], dirs[1]["5.weight"].cpu().numpy()
+        )
         a = f.attrs
         assert a["checkpoint"] == "/x/ckpt.pt" and a["checkpoint_sha256"] == "abc"
         assert a["x"] == "-1:1:5" and a["y"] == "-1:1:4" and a["seed"] == 0
@@ -86,7 +98,7 @@ def test_file_layout_reference_names_scales_and_attrs(tmp_path):
             assert k in a
     assert not (tmp_path / "surf.h5.tmp").exists()
     back = read_directions(path)
-    assert all(torch.equal(back[1][k], dirs[1][k]) for k in dirs[1])
+    assert all(torch.equal(back[1][k], dirs[1][k].cpu()) for k in dirs[1])
 
 
 def test_one_dimensional_file(tmp_path):
@@ -106,8 +118,9 @@ def test_one_dimensional_file(tmp_path):
     assert res.loss.shape == (7,) and res.complete
 
 
-def test_resume_never_recomputes_a_finished_point(tmp_path):
-    case, dirs = _case()
+def test_resume_never_recomputes_a_finished_point(tmp_path, device):
+    cpu, dirs = _case()
+    case = cpu.to(device)  # resumed from CPU directions read back from the file
     path = tmp_path / "surf.h5"
     seen = []
 
@@ -149,6 +162,9 @@ def test_resume_never_recomputes_a_finished_point(tmp_path):
     full = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID)
     np.testing.assert_array_equal(res.loss, full.loss)
     np.testing.assert_array_equal(res.acc, full.acc)
+    ref = loss_landscape(cpu.model, cpu.inputs, cpu.targets, dirs, GRID)
+    np.testing.assert_allclose(res.loss, ref.loss, rtol=1e-12)  # float64, the CPU surface
+    np.testing.assert_array_equal(res.acc, ref.acc)
     calls, h = _count_forwards(case.model)
     compute_landscape(
         path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, resume=True

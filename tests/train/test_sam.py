@@ -1,4 +1,8 @@
-"""SAM / ASAM against the update written out by hand, in float64."""
+"""SAM / ASAM against the update written out by hand, in float64.
+
+The update tests take the ``device`` fixture (CPU, and CUDA when present): the hand-written
+oracle runs on the CPU model, SAM on a copy on ``device``; weights are compared on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +26,15 @@ from geomkit.train.sam import (
 DT = torch.float64
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).to(DT)
+def _mlp(device: torch.device | str = "cpu") -> nn.Module:
+    torch.manual_seed(1)  # initialised on the CPU: the same weights on every device
+    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).to(DT).to(device)
 
 
-def _data(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(n: int = 8, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(2)
-    return torch.randn(n, 3, generator=g, dtype=DT), torch.randint(0, 4, (n,), generator=g)
+    x, y = torch.randn(n, 3, generator=g, dtype=DT), torch.randint(0, 4, (n,), generator=g)
+    return x.to(device), y.to(device)
 
 
 def _loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -77,11 +82,12 @@ def _closure(opt, model, x, y):
     [dict(lr=0.1), dict(lr=0.1, momentum=0.9, wd=0.01)],
     ids=["sgd", "sgd-momentum-wd"],
 )
-def test_update_equals_hand_formula(adaptive, hyper):
+def test_update_equals_hand_formula(adaptive, hyper, device):
     x, y = _data()
-    model = _mlp()
     rho = 0.3
-    expected = _hand_sam_steps(model, x, y, rho=rho, adaptive=adaptive, steps=3, **hyper)
+    expected = _hand_sam_steps(_mlp(), x, y, rho=rho, adaptive=adaptive, steps=3, **hyper)
+    model = _mlp(device)
+    x, y = x.to(device), y.to(device)
     opt = SAM(
         model.parameters(),
         torch.optim.SGD,
@@ -95,7 +101,8 @@ def test_update_equals_hand_formula(adaptive, hyper):
     for _ in range(3):
         first_losses.append(opt.step(_closure(opt, model, x, y)))
     for k, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
+        assert p.device.type == device.type
+        torch.testing.assert_close(p.detach().cpu(), expected[k], rtol=0, atol=1e-12)
     # the returned loss is the one at w (before the step), and SAM descended
     assert first_losses[0].item() > first_losses[-1].item()
 
@@ -117,9 +124,9 @@ def test_first_second_step_matches_step():
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
-def test_weights_restored_bitwise(adaptive):
-    x, y = _data()
-    model = _mlp()
+def test_weights_restored_bitwise(adaptive, device):
+    x, y = _data(device=device)
+    model = _mlp(device)
     w0 = [p.detach().clone() for p in model.parameters()]
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.7, adaptive=adaptive, lr=0.0)
     nn.functional.cross_entropy(model(x), y).backward()
@@ -161,12 +168,12 @@ def test_rosenbrock_descends():
 
 
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.AdamW], ids=["sgd", "adamw"])
-def test_state_dict_round_trip(base):
-    x, y = _data()
+def test_state_dict_round_trip(base, device):
+    x, y = _data(device=device)
     kw = (
         dict(lr=0.05, momentum=0.9, weight_decay=1e-3) if base is torch.optim.SGD else dict(lr=1e-2)
     )
-    a = _mlp()
+    a = _mlp(device)
     oa = SAM(a.parameters(), base, rho=0.2, adaptive=True, **kw)
     for _ in range(2):
         oa.step(_closure(oa, a, x, y))
@@ -175,7 +182,7 @@ def test_state_dict_round_trip(base):
     buf.seek(0)
     ck = torch.load(buf, weights_only=True)
 
-    b = _mlp()
+    b = _mlp(device)
     b.load_state_dict(ck["model"])
     ob = SAM(b.parameters(), base, rho=0.05, adaptive=False, lr=1.0)
     ob.load_state_dict(ck["optimizer"])
@@ -186,7 +193,8 @@ def test_state_dict_round_trip(base):
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert sa[pa].keys() == sb[pb].keys() and len(sa[pa]) > 0
         for k in sa[pa]:
-            assert torch.equal(torch.as_tensor(sa[pa][k]), torch.as_tensor(sb[pb][k]))
+            va, vb = torch.as_tensor(sa[pa][k]), torch.as_tensor(sb[pb][k])
+            assert va.device == vb.device and torch.equal(va, vb)
     oa.step(_closure(oa, a, x, y))
     ob.step(_closure(ob, b, x, y))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -225,12 +233,12 @@ def test_per_group_rho_and_added_group():
     assert moved == [False, False, True, True]
 
 
-def test_gradient_clipping_applies_to_sam_gradient():
+def test_gradient_clipping_applies_to_sam_gradient(device):
     x, y = _data()
-    model = _mlp()
     rho, lr, c = 0.3, 0.1, 1e-3
-    f = _loss_of(model, x, y)
-    w = {k: v.detach().clone() for k, v in model.named_parameters()}
+    cpu_model = _mlp()  # the oracle, on the CPU
+    f = _loss_of(cpu_model, x, y)
+    w = {k: v.detach().clone() for k, v in cpu_model.named_parameters()}
     g = grad(f)(w)
     norm = torch.sqrt(sum((g[k] ** 2).sum() for k in w))
     g2 = grad(f)({k: w[k] + rho * g[k] / norm for k in w})
@@ -238,21 +246,24 @@ def test_gradient_clipping_applies_to_sam_gradient():
     assert n2 > c
     expected = {k: w[k] - lr * g2[k] * (c / (n2 + 1e-6)) for k in w}
 
+    model = _mlp(device)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr)
-    loss = sam_step(model, opt, lambda: nn.functional.cross_entropy(model(x), y), max_grad_norm=c)
+    xd, yd = x.to(device), y.to(device)
+    loss = sam_step(model, opt, lambda: nn.functional.cross_entropy(model(xd), yd), max_grad_norm=c)
     assert loss.item() == pytest.approx(f(w).item(), abs=1e-14)
     for k, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
+        torch.testing.assert_close(p.detach().cpu(), expected[k], rtol=0, atol=1e-12)
 
 
-def test_batchnorm_running_stats_first_forward_only():
+def test_batchnorm_running_stats_first_forward_only(device):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4)).to(DT)
     model.train()
     ref = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4)).to(DT)
     ref.load_state_dict(model.state_dict())
-    ref.train()
-    x, y = _data(16)
+    ref.to(device).train()  # the reference on the same device: bitwise the same statistics
+    model.to(device)
+    x, y = _data(16, device)
     ref(x)  # one forward at w: the statistics SAM must end with
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
     sam_step(model, opt, lambda: nn.functional.cross_entropy(model(x), y))
@@ -260,7 +271,7 @@ def test_batchnorm_running_stats_first_forward_only():
     assert torch.equal(bn.running_mean, bn_ref.running_mean)
     assert torch.equal(bn.running_var, bn_ref.running_var)
     assert int(bn.num_batches_tracked) == 1 and bn.track_running_stats
-    assert not torch.equal(bn.running_mean, torch.zeros(6, dtype=DT))
+    assert not torch.equal(bn.running_mean.cpu(), torch.zeros(6, dtype=DT))
 
     # the helpers themselves: buffers untouched while disabled, batch statistics still used
     before = {k: v.clone() for k, v in bn.state_dict().items()}
@@ -305,8 +316,8 @@ def test_first_backward_is_local_under_ddp():
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
-def test_zero_gradient_gives_no_nan(adaptive):
-    model = _mlp()
+def test_zero_gradient_gives_no_nan(adaptive, device):
+    model = _mlp(device)
     w0 = [p.detach().clone() for p in model.parameters()]
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.1)
     for p in model.parameters():
@@ -318,11 +329,11 @@ def test_zero_gradient_gives_no_nan(adaptive):
     for p, w in zip(model.parameters(), w0, strict=True):
         assert torch.equal(p, w)
     # ASAM at w = 0 with a nonzero gradient: T g = 0, still no NaN
-    z = torch.zeros(3, dtype=DT, requires_grad=True)
+    z = torch.zeros(3, dtype=DT, device=device, requires_grad=True)
     o = SAM([z], torch.optim.SGD, rho=0.1, adaptive=True, lr=0.1)
-    z.grad = torch.ones(3, dtype=DT)
+    z.grad = torch.ones(3, dtype=DT, device=device)
     o.first_step()
-    assert torch.equal(z.detach(), torch.zeros(3, dtype=DT))
+    assert torch.equal(z.detach().cpu(), torch.zeros(3, dtype=DT))
 
 
 def test_misuse_errors():

@@ -69,7 +69,8 @@ def normalize_direction(
     _check_options(norm, ignore)
     out: Direction = {}
     for name, d in direction.items():
-        w = weights[name].to(d.dtype)
+        # the result lives where the direction does (weights may be on another device)
+        w = weights[name].to(d.device, d.dtype)
         if d.shape != w.shape:
             raise SpecError(
                 f"direction {name!r} has shape {tuple(d.shape)}, weights {tuple(w.shape)}"
@@ -199,8 +200,11 @@ def _split_flat(model: nn.Module, names: list[str], flat: torch.Tensor) -> Direc
 
 
 def cosine(d1: Mapping[str, torch.Tensor], d2: Mapping[str, torch.Tensor]) -> float:
-    """Cosine similarity <d1, d2> / (||d1|| ||d2||) over all entries (float64)."""
-    dot = sum(float((d1[n].double() * d2[n].double()).sum()) for n in d1)
+    """Cosine similarity <d1, d2> / (||d1|| ||d2||) over all entries (float64).
+
+    The two may live on different devices (e.g. one read back from a file on the CPU).
+    """
+    dot = sum(float((d1[n].double() * d2[n].to(d1[n].device).double()).sum()) for n in d1)
     n1 = sum(float(d1[n].double().pow(2).sum()) for n in d1) ** 0.5
     n2 = sum(float(d2[n].double().pow(2).sum()) for n in d2) ** 0.5
     return dot / (n1 * n2) if n1 > 0 and n2 > 0 else 0.0

@@ -32,6 +32,7 @@ from torch import nn
 
 from geomkit.errors import SpecError
 from geomkit.geometry._batches import iter_batches
+from geomkit.geometry._work import run_device_for
 
 from .directions import Direction
 
@@ -181,6 +182,9 @@ def auto_batch_size(
     ``[MIN_AUTO_BATCH, MAX_AUTO_BATCH]`` and to N.  Being a function of the
     architecture and input shape only, a resumed run uses the same batches.
     """
+    if device is None:  # where the model is (CPU inputs for a CUDA model are fine)
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else inputs.device
     example = inputs[:1].to(device=device, dtype=dtype or inputs.dtype)
     act = activations_per_example(model, example)
     bs = MAX_AUTO_BATCH if act <= 0 else 1 << max(0, round(math.log2(ACTIVATION_BUDGET / act)))
@@ -215,7 +219,8 @@ class _ModelState:
         self.model = model
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.target_device = torch.device(device) if device is not None else self.device
+        # "cuda" for a model on cuda:1 means cuda:1 (no move to the current CUDA device)
+        self.target_device = run_device_for(device, self.device)
         self.target_dtype = dtype or self.dtype
 
     def __enter__(self):
