@@ -42,3 +42,25 @@ def test_analyze_stores_the_trace_and_table3_gains_the_column(tmp_path):
     t3 = table3(out)
     j = t3.col_labels.index("tr(H) whole")
     assert t3.col_keys[j] == "trace_whole" and t3.cells[0][j] == pytest.approx(est)
+
+
+def test_the_study_runs_it_when_its_analysis_names_it(tmp_path):
+    from types import SimpleNamespace
+
+    from geomkit.results import load_results
+    from geomkit.study.config import study_config_from_dict
+    from geomkit.study.stages import analyze_stage
+
+    cfg = study_config_from_dict({
+        "models": ["vit-tiny"],
+        "analysis": {"measure": ["params", "hessian_trace"], "trace_probes": 4,
+                     "samples": 12, "density_samples": 0},
+    })
+    assert cfg.analysis.trace_probes == 4 and cfg.analysis.measure == ("params", "hessian_trace")
+    assert study_config_from_dict(cfg.to_dict()) == cfg
+    ck = tiny_checkpoint(tmp_path / "a.pt")
+    out = analyze_stage(cfg, tmp_path, [SimpleNamespace(checkpoint=ck, name="a")],
+                        progress=False)
+    rec = load_results(out["results"])[0]
+    assert set(rec.measurements) == {"params", "hessian_trace"}
+    assert rec.get("hessian_trace.probes") == 4
