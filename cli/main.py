@@ -10,7 +10,9 @@ one-line message on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import pkgutil
 import re
 import sys
@@ -59,11 +61,38 @@ def _with_flag(msg: str, param: str | None, parser: argparse.ArgumentParser,
     return out if n else f"{flags[0]}: {msg}"
 
 
+# errors of writing to stdout itself (a full disk, a closed pipe): files that geomkit writes
+# report theirs as ResultFileError/CheckpointError with the path, through geomkit.io
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EIO, errno.EBADF}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush cannot raise again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a full or closed stdout fails here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # the reader went away (`geomkit info ck.pt | head -c 10`): no traceback, no message
+        _silence_stdout()
+        return 2
+    except OSError as e:
+        if e.filename is not None or e.errno not in _OUTPUT_ERRNOS:
+            raise
+        _silence_stdout()
+        print(f"geomkit: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        return 2
     except GeomkitError as e:
         msg = " ".join(str(e).split())  # exactly one line
         print(f"geomkit: error: {_with_flag(msg, e.param, parser, args)}", file=sys.stderr)
