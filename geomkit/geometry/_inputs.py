@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from geomkit.errors import DataError, ModelError, SpecError
 
-__all__ = ["LOSSES", "AnalysisData", "as_data", "logits_of", "resolve_loss"]
+__all__ = ["LOSSES", "AnalysisData", "as_data", "logits_of", "resolve_loss", "resolve_loss_sum"]
 
 LOSSES = ("ce", "bce", "mse")
 
@@ -116,6 +116,24 @@ def resolve_loss(loss: str | LossFn = "ce", label_smoothing: float = 0.0) -> Los
         return mse
     raise SpecError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)} or a callable",
                     param="loss")
+
+
+def resolve_loss_sum(loss: str | LossFn = "ce", label_smoothing: float = 0.0) -> LossFn:
+    """``f(logits, targets) -> Σ per-example losses`` (a scalar): what a mean over N examples
+    accumulates per batch. Plain ``ce`` sums inside ``F.cross_entropy`` (the summation every
+    stored result was computed with, so results stay bit-identical); the rest sum
+    :func:`resolve_loss`'s per-example values."""
+    if isinstance(loss, str) and loss.partition(":")[0] == "ce":
+        per = resolve_loss(loss, label_smoothing)  # validates
+        eps = float(loss.partition(":")[2] or label_smoothing)
+        del per
+
+        def ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, targets, reduction="sum", label_smoothing=eps)
+
+        return ce_sum
+    per_example = resolve_loss(loss, label_smoothing)
+    return lambda logits, targets: per_example(logits, targets).sum()
 
 
 def _checked(fn: LossFn) -> LossFn:
@@ -212,8 +230,8 @@ def as_data(data: Any, targets: torch.Tensor | None = None, *,
     separately, or an iterable of ``(x, y)`` batches; ``n`` keeps the first ``n`` examples.
 
     Raises:
-        DataError: empty data, mismatched lengths, batches that are not pairs of tensors.
-        SpecError: ``n < 1``.
+        DataError: mismatched lengths, batches that are not pairs of tensors.
+        SpecError: no examples, or ``n < 1``.
     """
     if n is not None and n < 1:
         raise SpecError(f"n must be >= 1, got {n}", param="n")
@@ -234,7 +252,7 @@ def as_data(data: Any, targets: torch.Tensor | None = None, *,
         x, y = data
         total = len(x) if n is None else min(n, len(x))
         if total == 0:
-            raise DataError("no analysis examples")
+            raise SpecError("no analysis examples")
         return AnalysisData(total, (x[:total], y[:total]), None, None)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(
             isinstance(t, torch.Tensor) for t in data):
@@ -250,7 +268,7 @@ def as_data(data: Any, targets: torch.Tensor | None = None, *,
         source = kept
     total = sum(len(x) for x, _ in _pairs(source)) if n is None else _count_upto(source, n)
     if total == 0:
-        raise DataError("no analysis examples")
+        raise SpecError("no analysis examples")
     return AnalysisData(total, None, source, n)
 
 

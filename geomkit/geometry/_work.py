@@ -1,4 +1,5 @@
-"""The device/dtype work copy every measurement shares (private).
+"""What every measurement shares (private): the work copy, analysis mode, the memory
+probe and the progress bar, one each.
 
 A measurement runs on the model in place when it already lives on the requested device and
 dtype; otherwise on a converted copy that never duplicates the model on its own device first.
@@ -6,11 +7,16 @@ dtype; otherwise on a converted copy that never duplicates the model on its own 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def run_device_for(device: torch.device | str | None, model_device: torch.device) -> torch.device:
@@ -51,3 +57,40 @@ def converted_copy(
             memo[id(b)] = convert(b)
     # .to() afterwards for whatever the memo did not cover (modules overriding _apply)
     return copy.deepcopy(model, memo).to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
+    """``model`` in eval mode (dropout off), BatchNorm in train mode if ``bn="train"`` (batch
+    statistics); every module's flag restored after, also on error. Buffers are not
+    touched here: a measurement in ``bn="train"`` must use private copies of them."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        if bn == "train":
+            for m in model.modules():
+                if isinstance(m, _BatchNorm):
+                    m.train()
+        yield
+    finally:
+        for m, t in saved:
+            m.training = t
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for a computation on ``device``: free CUDA memory, or available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+def progress_bar(total: int, enabled: bool, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr, or tqdm's own disabled bar (same calls, nothing shown)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
+                disable=not enabled)

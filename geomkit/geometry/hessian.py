@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,9 +144,11 @@ class HessianResult:
 
 def hessian_eigs(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    data: Any,
+    targets: torch.Tensor | None = None,
     *,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
     blocks: Sequence[str] | str = ("whole",),
     regex: dict[str, str] | None = None,
     top_k: int = 1,
@@ -169,7 +171,8 @@ def hessian_eigs(
     Args:
         model: any ``nn.Module`` mapping inputs to logits; left unchanged (mode,
             parameters, ``requires_grad``, BatchNorm buffers).
-        inputs, targets: the analysis data (N examples); the loss is their mean
+        data, targets: the analysis data (N examples): ``(inputs, targets)`` tensors or
+            any iterable of ``(x, y)`` batches (a DataLoader); the loss is their mean
             cross-entropy.
         blocks: preset block names (``paper``, ``whole``, ``embedding``, ``attn``,
             ``mlp``, ``token_mlp``, ``channel_mlp``, ``block{k}``).
@@ -209,10 +212,9 @@ def hessian_eigs(
         raise SpecError(f"unknown HVP strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     if bn not in BN_MODES:
         raise SpecError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
-    if len(inputs) == 0:
-        raise SpecError("no analysis examples")
     resolved = resolve_blocks(model, blocks, regex)
-    op = HessianOperator(model, inputs, targets, resolved, batch_size=batch_size,
+    op = HessianOperator(model, data, targets, resolved, loss=loss,
+                         label_smoothing=label_smoothing, batch_size=batch_size,
                          strategy=strategy, bn=bn, dtype=dtype, device=device,
                          memory_budget=memory_budget)
     runs = {
@@ -269,7 +271,7 @@ def hessian_eigs(
             vector_min=r.vector_min,
         )
     return HessianResult(
-        blocks=out, params=resolved, n_samples=len(inputs), strategy=op.strategy,
+        blocks=out, params=resolved, n_samples=op.n_total, strategy=op.strategy,
         schedule=schedule, bn=bn, batch_size=op.batch_size,
         dtype=str(op.dtype).replace("torch.", ""),
         device=str(op.device), seed=seed, tol=tol, max_iter=max_iter, top_k=top_k,
@@ -277,8 +279,8 @@ def hessian_eigs(
     )
 
 
-def lambda_max(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+def lambda_max(model: nn.Module, data: Any, targets: torch.Tensor | None = None,
                **kwargs: Any) -> HessianResult:
     """λ_max per block: :func:`hessian_eigs` with ``top_k=1`` (same keyword options)."""
     kwargs.setdefault("top_k", 1)
-    return hessian_eigs(model, inputs, targets, **kwargs)
+    return hessian_eigs(model, data, targets, **kwargs)

@@ -58,20 +58,18 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from geomkit import distributed
 from geomkit.errors import SpecError
-from geomkit.geometry._batches import iter_batches, total_examples
+from geomkit.geometry._inputs import as_data, logits_of, resolve_loss_sum
+from geomkit.geometry._work import analysis_mode, free_memory
 
 __all__ = [
     "BN_MODES",
@@ -85,32 +83,9 @@ STRATEGIES = ("auto", "reuse", "stream", "func")
 BN_MODES = ("eval", "train")
 
 
-@contextlib.contextmanager
-def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
-    """Put ``model`` in eval mode (BatchNorm in train mode if ``bn="train"``); restore after."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        if bn == "train":
-            for m in model.modules():
-                if isinstance(m, _BatchNorm):
-                    m.train()
-        yield
-    finally:
-        for m, t in saved:
-            m.training = t
-
-
 def default_memory_budget(device: torch.device) -> int:
     """Bytes the retained graph may use: half the free CUDA memory, 1/4 of free RAM on CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        avail = 8 << 30
-    return int(avail * 0.25)
+    return int(free_memory(device) * (0.5 if device.type == "cuda" else 0.25))
 
 
 def _add(acc: Sequence[torch.Tensor | None],
@@ -120,20 +95,20 @@ def _add(acc: Sequence[torch.Tensor | None],
             for a, p in zip(acc, parts, strict=True)]
 
 
-def _loss_sum(logits: torch.Tensor, targets: torch.Tensor, n_total: int) -> torch.Tensor:
-    """This batch's share of the mean cross-entropy: Σ_b ℓ_i / N."""
-    return F.cross_entropy(logits, targets, reduction="sum") / n_total
-
-
 class HessianOperator:
-    """Products with diagonal Hessian blocks H_BB of the mean cross-entropy.
+    """Products with diagonal Hessian blocks H_BB of the mean loss over the analysis data.
 
     Args:
-        model: any ``nn.Module`` mapping inputs to logits; never modified.
-        inputs, targets: the analysis data (all N examples; under torchrun each rank
-            keeps the full tensors and uses its shard).
+        model: any ``nn.Module`` mapping inputs to logits (or to a tuple / dict / object
+            holding them, :func:`geomkit.geometry._inputs.logits_of`); never modified.
+        data, targets: the analysis data: ``(inputs, targets)`` tensors (also as two
+            arguments) or any iterable of ``(x, y)`` batches such as a DataLoader
+            (:func:`geomkit.geometry._inputs.as_data`); under torchrun each rank uses its
+            shard of the N examples.
         blocks: block name → parameter names (from
             :func:`geomkit.geometry.blocks.resolve_blocks`).
+        loss: ``ce`` (default), ``ce:ε`` (label smoothing), ``bce``, ``mse`` or a callable
+            returning per-example losses; ``label_smoothing``: ε for ``ce``.
         batch_size: analysis mini-batch (None: one batch, or a size that fits the
             budget when ``auto`` falls back to ``stream``).
         strategy: ``auto``, ``reuse``, ``stream`` or ``func`` (module docstring).
@@ -152,10 +127,12 @@ class HessianOperator:
     def __init__(
         self,
         model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        blocks: dict[str, Sequence[str]],
+        data: Any,
+        targets: torch.Tensor | dict[str, Sequence[str]] | None = None,
+        blocks: dict[str, Sequence[str]] | None = None,
         *,
+        loss: str | Callable[..., torch.Tensor] = "ce",
+        label_smoothing: float = 0.0,
         batch_size: int | None = None,
         strategy: str = "auto",
         bn: str = "eval",
@@ -169,6 +146,8 @@ class HessianOperator:
             raise SpecError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
         if batch_size is not None and batch_size < 1:
             raise SpecError(f"batch_size must be a positive integer, got {batch_size}")
+        if isinstance(targets, dict) and blocks is None:  # HessianOperator(model, loader, blocks)
+            targets, blocks = None, targets
         if not blocks:
             raise SpecError("no parameter block to measure")
         params = dict(model.named_parameters())
@@ -176,11 +155,12 @@ class HessianOperator:
         if first is None:
             raise SpecError("the model has no parameters")
         self.model = model
-        self.inputs, self.targets = inputs, targets
+        self.data = as_data(data, targets)
+        self._loss_total = resolve_loss_sum(loss, label_smoothing)
         self.bn = bn
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype if dtype is not None else first.dtype
-        self.n_total = total_examples(inputs)
+        self.n_total = self.data.n
         self.blocks = {b: list(names) for b, names in blocks.items()}
         missing = [n for names in self.blocks.values() for n in names if n not in params]
         if missing:
@@ -230,14 +210,18 @@ class HessianOperator:
         # The math attention backend: PyTorch's fused CPU scaled_dot_product_attention
         # (used by timm's ViTs) has neither a double backward nor forward-mode AD.
         with analysis_mode(self.model, self.bn), sdpa_kernel(SDPBackend.MATH):
-            return functional_call(
+            return logits_of(functional_call(
                 self.model, {**self._fixed, **leaves, **self._buffers}, (x,), strict=False
-            )
+            ))
+
+    def _loss_sum(self, logits: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        """This batch's share of the mean loss: Σ_b ℓ_i / N."""
+        return self._loss_total(logits, targets) / n
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter_batches(
-            self.inputs, self.targets, self.batch_size, device=self.device, dtype=self.dtype
-        )
+        shard = distributed.shard_range(self.n_total)
+        return self.data.batches(self.batch_size, device=self.device, dtype=self.dtype,
+                                 lo=shard.start, hi=shard.stop)
 
     def _union(self, blocks: Sequence[str]) -> list[str]:
         wanted = {n for b in blocks for n in self.blocks[b]}
@@ -245,9 +229,7 @@ class HessianOperator:
 
     def _probe_bytes(self, n: int) -> int:
         """Bytes saved for backward by a forward + create_graph backward on ``n`` examples."""
-        x, y = self.inputs[:n], self.targets[:n]
-        x = x.to(self.device, dtype=self.dtype if x.is_floating_point() else None)
-        y = y.to(self.device)
+        x, y = next(self.data.batches(n, device=self.device, dtype=self.dtype, lo=0, hi=n))
         owned = {t.untyped_storage().data_ptr() for t in (*self._leaves.values(),
                                                            *self._fixed.values(),
                                                            *self._buffers.values())}
@@ -265,7 +247,7 @@ class HessianOperator:
 
         names = list(self._leaves)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = _loss_sum(self._forward(x, self._leaves), y, n)
+            loss = self._loss_sum(self._forward(x, self._leaves), y, n)
             g = torch.autograd.grad(loss, [self._leaves[k] for k in names],
                                     create_graph=True, allow_unused=True)
         del loss, g
@@ -276,7 +258,7 @@ class HessianOperator:
         leaves = [self._leaves[n] for n in names]
         total: list[torch.Tensor | None] = [None] * len(names)
         for x, y in self._batches():
-            loss = _loss_sum(self._forward(x, self._leaves), y, self.n_total)
+            loss = self._loss_sum(self._forward(x, self._leaves), y, self.n_total)
             gs = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             total = _add(total, gs)
         self._graph = {n: g for n, g in zip(names, total, strict=True) if g is not None}
@@ -334,7 +316,7 @@ class HessianOperator:
             names = self._union([b for b, _ in reqs])
             leaves = [self._leaves[n] for n in names]
             for x, y in self._batches():
-                loss = _loss_sum(self._forward(x, self._leaves), y, self.n_total)
+                loss = self._loss_sum(self._forward(x, self._leaves), y, self.n_total)
                 gs = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
                 g = {n: t for n, t in zip(names, gs, strict=True) if t is not None}
                 for i, (b, vs) in enumerate(reqs):
@@ -367,7 +349,7 @@ class HessianOperator:
             with sdpa_kernel(SDPBackend.MATH):  # fused CPU attention has no forward AD
                 out = functional_call(self.model, {**self._fixed, **rest, **bp, **bufs},
                                       (x,), strict=False)
-            return _loss_sum(out, y, self.n_total)
+            return self._loss_sum(logits_of(out), y, self.n_total)
 
         primals = {n: self._leaves[n].detach() for n in names}
         tangents = dict(zip(names, vs, strict=True))
@@ -381,7 +363,7 @@ class HessianOperator:
         leaves = [self._leaves[n] for n in names]
         acc: list[torch.Tensor | None] = [None] * len(names)
         for x, y in self._batches():
-            loss = _loss_sum(self._forward(x, self._leaves), y, self.n_total)
+            loss = self._loss_sum(self._forward(x, self._leaves), y, self.n_total)
             gs = torch.autograd.grad(loss, leaves, allow_unused=True)
             acc = _add(acc, gs)
         return distributed.all_reduce_sum(self._flat(block, acc).detach())
@@ -391,7 +373,7 @@ class HessianOperator:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for x, y in self._batches():
-                total += _loss_sum(self._forward(x, self._leaves), y, self.n_total).double()
+                total += self._loss_sum(self._forward(x, self._leaves), y, self.n_total).double()
         return float(distributed.all_reduce_sum(total))
 
     def release(self) -> None:

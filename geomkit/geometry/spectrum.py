@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -120,17 +121,19 @@ def rademacher(n: int, generator: torch.Generator) -> torch.Tensor:
     return bits.to(torch.float64) * 2 - 1
 
 
-def _operator(model, inputs, targets, blocks, regex, kw) -> tuple[HessianOperator, dict]:
+def _operator(model, data, targets, blocks, regex, kw) -> tuple[HessianOperator, dict]:
     resolved = resolve_blocks(model, blocks, regex)
-    op = HessianOperator(model, inputs, targets, resolved, **kw)
+    op = HessianOperator(model, data, targets, resolved, **kw)
     return op, resolved
 
 
 def hutchinson_trace(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    data: Any,
+    targets: torch.Tensor | None = None,
     *,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
     blocks: Sequence[str] | str = ("whole",),
     regex: dict[str, str] | None = None,
     n_probes: int = 64,
@@ -147,7 +150,8 @@ def hutchinson_trace(
     """Hutchinson estimates of tr(H_BB) per block, with standard errors.
 
     Args:
-        model, inputs, targets: as :func:`geomkit.geometry.hessian.hessian_eigs`.
+        model, data, targets, loss, label_smoothing: as
+            :func:`geomkit.geometry.hessian.hessian_eigs`.
         blocks, regex: preset block names and user regex blocks.
         n_probes: Rademacher probes P per block (≥ 1; ≥ 2 for a standard error).
         chunk: probes multiplied per operator call (they share the forward pass).
@@ -161,9 +165,9 @@ def hutchinson_trace(
     """
     if n_probes < 1 or chunk < 1:
         raise SpecError(f"n_probes and chunk must be >= 1, got {n_probes} and {chunk}")
-    op, resolved = _operator(model, inputs, targets, blocks, regex, dict(
-        batch_size=batch_size, strategy=strategy, bn=bn, dtype=dtype, device=device,
-        memory_budget=memory_budget))
+    op, resolved = _operator(model, data, targets, blocks, regex, dict(
+        loss=loss, label_smoothing=label_smoothing, batch_size=batch_size, strategy=strategy,
+        bn=bn, dtype=dtype, device=device, memory_budget=memory_budget))
     gens = {b: torch.Generator().manual_seed(int(seed)) for b in resolved}
     samples: dict[str, list[float]] = {b: [] for b in resolved}
     spent = {b: 0.0 for b in resolved}
@@ -203,9 +207,11 @@ def hutchinson_trace(
 
 def spectral_density(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    data: Any,
+    targets: torch.Tensor | None = None,
     *,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
     blocks: Sequence[str] | str = ("whole",),
     regex: dict[str, str] | None = None,
     n_probes: int = 4,
@@ -224,7 +230,8 @@ def spectral_density(
     """Eigenvalue density of H_BB per block by stochastic Lanczos quadrature.
 
     Args:
-        model, inputs, targets: as :func:`geomkit.geometry.hessian.hessian_eigs`.
+        model, data, targets, loss, label_smoothing: as
+            :func:`geomkit.geometry.hessian.hessian_eigs`.
         blocks, regex: preset block names and user regex blocks.
         n_probes: normalised Rademacher start vectors P.
         n_iter: Lanczos steps per probe (capped at the block size; fewer when the
@@ -243,9 +250,9 @@ def spectral_density(
         raise SpecError("n_probes and n_iter must be >= 1 and n_grid >= 2")
     if sigma is not None and not sigma > 0:
         raise SpecError(f"sigma must be positive, got {sigma}")
-    op, resolved = _operator(model, inputs, targets, blocks, regex, dict(
-        batch_size=batch_size, strategy=strategy, bn=bn, dtype=dtype, device=device,
-        memory_budget=memory_budget))
+    op, resolved = _operator(model, data, targets, blocks, regex, dict(
+        loss=loss, label_smoothing=label_smoothing, batch_size=batch_size, strategy=strategy,
+        bn=bn, dtype=dtype, device=device, memory_budget=memory_budget))
     runs: dict[str, list[LanczosRun]] = {}
     for b in resolved:
         g = torch.Generator().manual_seed(int(seed))

@@ -46,7 +46,7 @@ def test_bad_data():
         as_data(x)
     with pytest.raises(DataError, match="pair"):
         as_data([x, x, x])
-    with pytest.raises(DataError, match="no analysis examples"):
+    with pytest.raises(SpecError, match="no analysis examples"):
         as_data([])
     with pytest.raises(SpecError, match="n must be"):
         as_data((x, y), n=0)
