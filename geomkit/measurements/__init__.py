@@ -48,7 +48,8 @@ __all__ = [
 
 
 def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
-           minimum: float | None = None, none_ok: bool = False) -> Any:
+           minimum: float | None = None, none_ok: bool = False,
+           check: Callable[[Any], None] | None = None) -> Any:
     """A field of a measurement's options dataclass.
 
     Args:
@@ -58,9 +59,11 @@ def option(default: Any, help: str, *, flag: str | None = None, metavar: str | N
         metavar: the CLI metavar.
         minimum: values below are refused (numbers only).
         none_ok: ``None`` is a valid value (e.g. "the whole split").
+        check: ``check(value)`` raises :class:`SpecError` for a bad value.
     """
     return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar,
-                                            "minimum": minimum, "none_ok": none_ok})
+                                            "minimum": minimum, "none_ok": none_ok,
+                                            "check": check})
 
 
 def check_options(opts: Any) -> None:
@@ -81,7 +84,9 @@ def check_options(opts: Any) -> None:
             raise SpecError(f"{f.name} must be a string, got {v!r}")
         lo = meta.get("minimum")
         if lo is not None and not v >= lo:
-            raise SpecError(f"{f.name} must be >= {lo:g}, got {v!r}")
+            raise SpecError(f"{f.name} must be >= {lo:g}, got {v!r}", param=f.name)
+        if meta.get("check") is not None:
+            meta["check"](v)
 
 
 @dataclass(frozen=True)

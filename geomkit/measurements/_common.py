@@ -38,3 +38,20 @@ def model(ck: Any, o: Any) -> Any:
     from geomkit.device import resolve_device
 
     return ck.model if o.device is None else ck.model.to(resolve_device(o.device))
+
+
+def _check_loss(v: Any) -> None:
+    from geomkit.geometry._inputs import resolve_loss
+
+    resolve_loss(v)
+
+
+def loss() -> Any:
+    return option("ce", "loss the Hessian is of: ce, ce:EPS (label smoothing), bce or mse",
+                  check=_check_loss)
+
+
+def with_loss(settings: dict[str, Any], o: Any) -> dict[str, Any]:
+    """``settings`` plus the loss when it is not the default ``ce`` (results stored before
+    the loss was an option keep matching)."""
+    return settings if o.loss == "ce" else {**settings, "loss": o.loss}

@@ -12,12 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from geomkit.measurements import Measurement, TableEntry, option, register
-from geomkit.measurements._common import Options, batch_size, device, model, samples, seed
+from geomkit.measurements._common import (
+    Options,
+    batch_size,
+    device,
+    loss,
+    model,
+    samples,
+    seed,
+    with_loss,
+)
 
 
 @dataclass(frozen=True)
 class HessianOptions(Options):
     samples: int = samples()
+    loss: str = loss()
     hessian_tol: float = option(1e-3, "Lanczos relative tolerance for lambda_max",
                                 flag="--tol", minimum=0)
     hessian_max_iter: int = option(100, "Lanczos steps per block at most", flag="--max-iter",
@@ -28,8 +38,8 @@ class HessianOptions(Options):
 
 
 def _settings(ck: Any, o: HessianOptions) -> dict[str, Any]:
-    return {"samples": o.samples, "blocks": "paper", "tol": o.hessian_tol,
-            "max_iter": o.hessian_max_iter, "seed": o.seed, "bn": "eval"}
+    return with_loss({"samples": o.samples, "blocks": "paper", "tol": o.hessian_tol,
+                      "max_iter": o.hessian_max_iter, "seed": o.seed, "bn": "eval"}, o)
 
 
 def _run(ck: Any, o: HessianOptions) -> dict[str, Any]:
@@ -38,7 +48,7 @@ def _run(ck: Any, o: HessianOptions) -> dict[str, Any]:
 
     x, y = ck.analysis_data("train", o.samples)
     m = model(ck, o)
-    r = hessian_eigs(m, x, y, blocks=("paper",), tol=o.hessian_tol,
+    r = hessian_eigs(m, x, y, loss=o.loss, blocks=("paper",), tol=o.hessian_tol,
                      max_iter=o.hessian_max_iter, batch_size=o.batch_size, seed=o.seed)
     names = list(r.blocks)
     return {

@@ -13,12 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from geomkit.measurements import Measurement, TableEntry, option, register
-from geomkit.measurements._common import Options, batch_size, device, model, samples, seed
+from geomkit.measurements._common import (
+    Options,
+    batch_size,
+    device,
+    loss,
+    model,
+    samples,
+    seed,
+    with_loss,
+)
 
 
 @dataclass(frozen=True)
 class TraceOptions(Options):
     samples: int = samples()
+    loss: str = loss()
     trace_probes: int = option(32, "Rademacher probes per block for the Hessian trace",
                                metavar="P", minimum=1)
     batch_size: int | None = batch_size()
@@ -30,7 +40,8 @@ def _run(ck: Any, o: TraceOptions) -> dict[str, Any]:
     from geomkit.geometry.spectrum import hutchinson_trace
 
     x, y = ck.analysis_data("train", o.samples)
-    r = hutchinson_trace(model(ck, o), x, y, blocks=("paper",), n_probes=o.trace_probes,
+    r = hutchinson_trace(model(ck, o), x, y, loss=o.loss, blocks=("paper",),
+                         n_probes=o.trace_probes,
                          batch_size=o.batch_size, seed=o.seed)
     return {"blocks": list(r), "trace": {b: t.trace for b, t in r.items()},
             "stderr": {b: t.stderr for b, t in r.items()},
@@ -45,8 +56,8 @@ def _view(r: Any) -> dict[str, Any]:
 MEASUREMENT = register(Measurement(
     name="hessian_trace", description="Hessian trace per Table-3 block (Hutchinson)",
     options=TraceOptions, run=_run, view=_view, default=False, order=35,
-    settings=lambda ck, o: {"samples": o.samples, "blocks": "paper", "probes": o.trace_probes,
-                            "seed": o.seed, "bn": "eval"},
+    settings=lambda ck, o: with_loss({"samples": o.samples, "blocks": "paper",
+                                      "probes": o.trace_probes, "seed": o.seed, "bn": "eval"}, o),
     schema=("blocks", "trace", "stderr", "n_params", "probes"),
     entries=(TableEntry(3, "trace_whole", "tr(H) whole",
                         lambda r: (r.get("hessian_trace.trace", {}) or {}).get("whole"), 75,
