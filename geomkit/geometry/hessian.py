@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from geomkit.errors import SpecError
+from geomkit.geometry._work import progress_bar
 from geomkit.geometry.blocks import resolve_blocks
 from geomkit.geometry.hvp import BN_MODES, STRATEGIES, HessianOperator
 from geomkit.geometry.lanczos import LanczosRun, start_vector
@@ -223,12 +224,7 @@ def hessian_eigs(
         for b in resolved
     }
     spent = {b: 0.0 for b in resolved}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(r.max_iter for r in runs.values()), unit="hvp", desc="lanczos",
-                   leave=False)
+    bar = progress_bar(sum(r.max_iter for r in runs.values()), progress, "lanczos", "hvp")
     try:
         groups = [list(resolved)] if schedule == "lockstep" else [[b] for b in resolved]
         for group in groups:
@@ -236,8 +232,7 @@ def hessian_eigs(
                 active = [b for b in group if not runs[b].done]
                 if not active:
                     break
-                if bar is not None:
-                    bar.set_description(",".join(active) if len(active) < 4 else "lanczos")
+                bar.set_description(",".join(active) if len(active) < 4 else "lanczos")
                 t1 = time.perf_counter()
                 outs = op.matvecs([(b, runs[b].query) for b in active])
                 for b, w in zip(active, outs, strict=True):
@@ -245,13 +240,9 @@ def hessian_eigs(
                 dt = (time.perf_counter() - t1) / len(active)
                 for b in active:
                     spent[b] += dt
-                    if bar is not None and runs[b].done:
-                        bar.update(runs[b].max_iter - runs[b].m + 1)
-                    elif bar is not None:
-                        bar.update(1)
+                    bar.update(runs[b].max_iter - runs[b].m + 1 if runs[b].done else 1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         op.release()
     out: dict[str, BlockEigs] = {}
     for b, run in runs.items():

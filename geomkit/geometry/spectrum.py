@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from geomkit.errors import SpecError
+from geomkit.geometry._work import progress_bar
 from geomkit.geometry.blocks import resolve_blocks
 from geomkit.geometry.hvp import HessianOperator
 from geomkit.geometry.lanczos import LanczosRun
@@ -171,11 +172,7 @@ def hutchinson_trace(
     gens = {b: torch.Generator().manual_seed(int(seed)) for b in resolved}
     samples: dict[str, list[float]] = {b: [] for b in resolved}
     spent = {b: 0.0 for b in resolved}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_probes * len(resolved), unit="probe", desc="trace", leave=False)
+    bar = progress_bar(n_probes * len(resolved), progress, "trace", "probe")
     try:
         done = 0
         while done < n_probes:
@@ -189,11 +186,9 @@ def hutchinson_trace(
                 samples[b].append(float(torch.dot(z.double(), hz.double())))
                 spent[b] += dt
             done += c
-            if bar is not None:
-                bar.update(c * len(resolved))
+            bar.update(c * len(resolved))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         op.release()
     out = {}
     for b, s in samples.items():
@@ -262,11 +257,7 @@ def spectral_density(
             for _ in range(n_probes)
         ]
     spent = {b: 0.0 for b in resolved}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=min(n_iter, max(op.dims.values())), unit="step", desc="slq", leave=False)
+    bar = progress_bar(min(n_iter, max(op.dims.values())), progress, "slq", "step")
     try:
         while True:
             active = [(b, r) for b in resolved for r in runs[b] if not r.done]
@@ -278,11 +269,9 @@ def spectral_density(
             for (b, r), w in zip(active, outs, strict=True):
                 r.feed(w)
                 spent[b] += dt
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         op.release()
     out = {}
     for b, rs in runs.items():
