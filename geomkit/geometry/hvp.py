@@ -69,7 +69,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from geomkit import distributed
 from geomkit.errors import SpecError
 from geomkit.geometry._inputs import as_data, logits_of, resolve_loss_sum
-from geomkit.geometry._work import analysis_mode, free_memory
+from geomkit.geometry._work import analysis_mode, free_memory, run_device_for
 
 __all__ = [
     "BN_MODES",
@@ -115,7 +115,8 @@ class HessianOperator:
         bn: ``eval`` (running statistics) or ``train`` (batch statistics, model
             buffers untouched).
         dtype: compute dtype (None: the model's); ``torch.float64`` for references.
-        device: compute device (None: the model's).
+        device: compute device (None: the model's; an index-less ``"cuda"`` for a model
+            on a GPU: that GPU).
         memory_budget: bytes allowed for ``reuse`` under ``auto`` (None: default).
 
     Attributes:
@@ -158,7 +159,8 @@ class HessianOperator:
         self.data = as_data(data, targets)
         self._loss_total = resolve_loss_sum(loss, label_smoothing)
         self.bn = bn
-        self.device = torch.device(device) if device is not None else first.device
+        # "cuda" for a model on cuda:1 is cuda:1 (not the current GPU: no copy on another one)
+        self.device = run_device_for(device, first.device)
         self.dtype = dtype if dtype is not None else first.dtype
         self.n_total = self.data.n
         self.blocks = {b: list(names) for b, names in blocks.items()}

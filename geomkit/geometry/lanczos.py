@@ -178,7 +178,7 @@ def error_bounds(theta: torch.Tensor, res: torch.Tensor, *, resolved: float = _R
         # gap to a neighbour, or −1 (unknown) when the neighbour is not resolved
         return torch.where(r_nb <= resolved * dist, dist - r_nb, torch.full_like(dist, -1.0))
 
-    inf = torch.full((1,), math.inf, dtype=theta.dtype)
+    inf = torch.full((1,), math.inf, dtype=theta.dtype, device=theta.device)
     below = torch.cat([inf, side(d, res[:-1])])
     above = torch.cat([side(d, res[1:]), inf])
     gap = torch.minimum(below, above)

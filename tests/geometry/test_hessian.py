@@ -1,4 +1,10 @@
-"""hessian_eigs: per-block λ_max, top-3 and λ_min against dense float64 eigvalsh."""
+"""hessian_eigs: per-block λ_max, top-3 and λ_min against dense float64 eigvalsh.
+
+Measurement tests take the ``device`` fixture (CPU, and CUDA when present): dense
+Hessians come from the CPU case, :func:`hessian_eigs` runs on ``case.to(device)``.
+Eigenvalues are Python floats (T_m's eigenproblem is solved on the CPU); eigenvector
+estimates live on the device and are brought to the CPU to be checked.
+"""
 
 import copy
 
@@ -16,14 +22,19 @@ def _rel(a, b, scale):
     return abs(a - b) / max(abs(b), scale)
 
 
+def _on(r, device):
+    return torch.device(r.device).type == device.type
+
+
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_every_paper_block_matches_dense_eigvalsh(name):
+def test_every_paper_block_matches_dense_eigvalsh(name, device):
     case = make_case(name, n=10)
-    before = copy.deepcopy(case.model.state_dict())
-    r = hessian_eigs(case.model, case.inputs, case.targets, blocks=("paper",), top_k=3,
+    dev = case.to(device)
+    before = copy.deepcopy(dev.model.state_dict())
+    r = hessian_eigs(dev.model, dev.inputs, dev.targets, blocks=("paper",), top_k=3,
                      smallest=True, tol=1e-10, max_iter=400, return_vectors=True)
     dense = cached_block_hessians(name, 10)
-    assert list(r.blocks) == list(dense)
+    assert list(r.blocks) == list(dense) and _on(r, device)
     for b, H in dense.items():
         ev = torch.linalg.eigvalsh(H)
         e = r.blocks[b]
@@ -34,20 +45,21 @@ def test_every_paper_block_matches_dense_eigvalsh(name):
             assert _rel(got, want, 1e-3 * scale) < 1e-6, (b, got, want)
         # λ_min is often ~0 or negative: relative to its size, floored at 1e-3 λ-scale
         assert _rel(e.lambda_min, float(ev[0]), 1e-3 * scale) < 1e-6, (b, e.lambda_min, ev[0])
-        y = e.vectors[0]
+        assert e.vectors.device.type == device.type
+        y = e.vectors[0].cpu()
         assert float((H @ y - e.lambda_max * y).norm()) < 1e-6 * scale
         assert e.n_hvps <= H.shape[0] + 1
-    assert all(torch.equal(t, before[k]) for k, t in case.model.state_dict().items())
+    assert all(torch.equal(t, before[k]) for k, t in dev.model.state_dict().items())
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_default_tolerance_meets_its_promise_on_every_block(name):
+def test_default_tolerance_meets_its_promise_on_every_block(name, device):
     # the stopping rule (residual sharpened by the estimated gap, see lanczos) must keep
     # tol a real relative error bound: tol 1e-4 -> error <= 1e-4, tol 1e-8 -> <= 1e-6
-    case = make_case(name, n=10)
+    dev = make_case(name, n=10).to(device)
     dense = cached_block_hessians(name, 10)
     for tol, limit in ((1e-4, 1e-4), (1e-8, 1e-6)):
-        r = hessian_eigs(case.model, case.inputs, case.targets, blocks=("paper",), tol=tol,
+        r = hessian_eigs(dev.model, dev.inputs, dev.targets, blocks=("paper",), tol=tol,
                          max_iter=400)
         for b, H in dense.items():
             want = float(torch.linalg.eigvalsh(H)[-1])
@@ -58,12 +70,16 @@ def test_default_tolerance_meets_its_promise_on_every_block(name):
             assert abs(e.lambda_max - want) <= e.error_bound + 1e-12 * abs(want), (b, tol, e)
 
 
-def test_lockstep_equals_sequential_and_is_bitwise_repeatable():
-    case = make_case("vit1", n=10)
+def test_lockstep_equals_sequential_and_is_bitwise_repeatable(device, monkeypatch):
+    if device.type == "cuda":
+        # cuDNN may pick convolution backward kernels that accumulate with atomics (the
+        # patch embedding), which are not bitwise repeatable; deterministic ones are
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    dev = make_case("vit1", n=10).to(device)
     kw = dict(blocks=("paper",), top_k=2, tol=1e-8, strategy="stream", batch_size=4)
-    a = hessian_eigs(case.model, case.inputs, case.targets, schedule="lockstep", **kw)
-    b = hessian_eigs(case.model, case.inputs, case.targets, schedule="sequential", **kw)
-    c = hessian_eigs(case.model, case.inputs, case.targets, schedule="lockstep", **kw)
+    a = hessian_eigs(dev.model, dev.inputs, dev.targets, schedule="lockstep", **kw)
+    b = hessian_eigs(dev.model, dev.inputs, dev.targets, schedule="sequential", **kw)
+    c = hessian_eigs(dev.model, dev.inputs, dev.targets, schedule="lockstep", **kw)
     for k in a.blocks:
         assert abs(a.blocks[k].lambda_max - b.blocks[k].lambda_max) <= 1e-9 * abs(
             a.blocks[k].lambda_max)
@@ -72,11 +88,13 @@ def test_lockstep_equals_sequential_and_is_bitwise_repeatable():
     assert a.schedule == "lockstep" and b.schedule == "sequential" and a.strategy == "stream"
 
 
-def test_float32_model_mode_restored_and_result_fields():
+def test_float32_model_mode_restored_and_result_fields(device):
     case = make_case("cnn_bn", n=10)
-    m = copy.deepcopy(case.model).float().train()
-    r = lambda_max(m, case.inputs.float(), case.targets, blocks="whole", tol=1e-5)
+    m = copy.deepcopy(case.model).float().train().to(device)
+    r = lambda_max(m, case.inputs.float().to(device), case.targets.to(device), blocks="whole",
+                   tol=1e-5)
     assert m.training and all(mod.training for mod in m.modules())
+    assert _on(r, device) and all(p.device.type == device.type for p in m.parameters())
     H = dense_hessian(case.model, list(r.params["whole"]), case.inputs, case.targets)
     want = float(torch.linalg.eigvalsh(H)[-1])
     e = r.blocks["whole"]
@@ -86,14 +104,14 @@ def test_float32_model_mode_restored_and_result_fields():
     assert r.settings()["top_k"] == 1
 
 
-def test_bn_train_option_changes_the_answer_but_not_the_model():
-    case = make_case("cnn_bn", n=10)
-    before = copy.deepcopy(case.model.state_dict())
-    ev = hessian_eigs(case.model, case.inputs, case.targets, tol=1e-8)
-    tr = hessian_eigs(case.model, case.inputs, case.targets, tol=1e-8, bn="train")
+def test_bn_train_option_changes_the_answer_but_not_the_model(device):
+    dev = make_case("cnn_bn", n=10).to(device)
+    before = copy.deepcopy(dev.model.state_dict())
+    ev = hessian_eigs(dev.model, dev.inputs, dev.targets, tol=1e-8)
+    tr = hessian_eigs(dev.model, dev.inputs, dev.targets, tol=1e-8, bn="train")
     assert tr.bn == "train"
     assert abs(ev.blocks["whole"].lambda_max - tr.blocks["whole"].lambda_max) > 1e-3
-    assert all(torch.equal(t, before[k]) for k, t in case.model.state_dict().items())
+    assert all(torch.equal(t, before[k]) for k, t in dev.model.state_dict().items())
 
 
 def test_errors():
@@ -124,12 +142,13 @@ def _trained_mlp():
 
 
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
-def test_pyhessian_cross_check_on_trained_model():
+def test_pyhessian_cross_check_on_trained_model(device):
     pyhessian = pytest.importorskip("pyhessian")
     m, x, y = _trained_mlp()
-    ours = hessian_eigs(m, x, y, tol=1e-10).blocks["whole"].lambda_max
+    ours = hessian_eigs(copy.deepcopy(m).to(device), x.to(device), y.to(device),
+                        tol=1e-10).blocks["whole"].lambda_max
     # shim: PyHessian draws float32 vectors with torch.randn; run it with float64 defaults,
-    # on a copy (it leaves graph-carrying .grad on the parameters)
+    # on a CPU copy (it leaves graph-carrying .grad on the parameters)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -157,13 +176,15 @@ class _SdpaNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("strategy", ["reuse", "stream", "func"])
-def test_fused_attention_models_are_differentiated_twice(strategy):
-    """The fused CPU SDPA kernel has no double backward; the HVP must still work (float32,
-    where the fused kernel is chosen) and agree with the dense oracle (float64)."""
+def test_fused_attention_models_are_differentiated_twice(strategy, device):
+    """The fused SDPA kernels (CPU, and CUDA's flash / memory-efficient ones) have no double
+    backward; the HVP must still work (float32, where a fused kernel is chosen) and agree
+    with the dense oracle (float64, on the CPU)."""
     torch.manual_seed(0)
     model = _SdpaNet()
     x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
-    res = hessian_eigs(model, x, y, blocks=("whole",), strategy=strategy, tol=1e-8,
+    m_dev, x_dev, y_dev = copy.deepcopy(model).to(device), x.to(device), y.to(device)
+    res = hessian_eigs(m_dev, x_dev, y_dev, blocks=("whole",), strategy=strategy, tol=1e-8,
                        dtype=torch.float64)
     m64 = _SdpaNet().double()
     m64.load_state_dict(model.state_dict())
@@ -172,5 +193,5 @@ def test_fused_attention_models_are_differentiated_twice(strategy):
         dense = dense_hessian(m64, names, x.double(), y)
     top = torch.linalg.eigvalsh(dense)[-1].item()
     assert abs(res.blocks["whole"].lambda_max - top) <= 1e-6 * abs(top)
-    res32 = hessian_eigs(model, x, y, blocks=("whole",), strategy=strategy)
+    res32 = hessian_eigs(m_dev, x_dev, y_dev, blocks=("whole",), strategy=strategy)
     assert abs(res32.blocks["whole"].lambda_max - top) <= 1e-3 * abs(top)

@@ -1,5 +1,11 @@
-"""Lanczos on explicit symmetric matrices with known spectra."""
+"""Lanczos on explicit symmetric matrices with known spectra.
 
+Tests where the device matters (the Krylov basis and Ritz vectors on a device matrix's
+device, the CPU-drawn start vector, error bounds of device tensors) take the ``device``
+fixture; matrices are built on the CPU and moved, and results are checked on the CPU.
+"""
+
+import dataclasses
 import functools
 import math
 
@@ -26,12 +32,17 @@ def test_algebraically_largest_not_largest_magnitude():
     assert abs(r.lambda_min + 196.7) < 1e-8
 
 
-def test_top_k_smallest_and_vectors_match_eigh():
+def test_top_k_smallest_and_vectors_match_eigh(device):
     A = _sym(80, seed=1)
     ev = torch.linalg.eigvalsh(A)
-    r = lanczos(lambda v: A @ v, 80, top_k=3, smallest=True, tol=1e-10, max_iter=80,
-                return_vectors=True)
+    A_dev = A.to(device)
+    r = lanczos(lambda v: A_dev @ v, 80, top_k=3, smallest=True, tol=1e-10, max_iter=80,
+                return_vectors=True, device=device)
     assert r.converged
+    # Ritz values are CPU float64 (T_m is solved there); Ritz vectors live in the basis
+    assert r.eigenvalues.device.type == "cpu" and r.vectors.device.type == device.type
+    assert r.vector_min.device.type == device.type
+    r = dataclasses.replace(r, vectors=r.vectors.cpu(), vector_min=r.vector_min.cpu())
     torch.testing.assert_close(r.eigenvalues, ev.flip(0)[:3], rtol=1e-8, atol=0)
     assert abs(r.lambda_min - float(ev[0])) < 1e-8 * float(ev.abs().max())
     for lam, y in zip(r.eigenvalues, r.vectors, strict=True):
@@ -71,14 +82,20 @@ def test_invariant_subspace_is_exact_and_stops_early():
     assert abs(r.lambda_min - float(ev[0])) < 1e-10 * float(ev[-1])
 
 
-def test_bitwise_repeatable_and_seeded():
-    A = _sym(60, seed=3).float()
-    a = lanczos(lambda v: A @ v, 60, top_k=2, seed=5, dtype=torch.float32, max_iter=20)
-    b = lanczos(lambda v: A @ v, 60, top_k=2, seed=5, dtype=torch.float32, max_iter=20)
-    c = lanczos(lambda v: A @ v, 60, top_k=2, seed=6, dtype=torch.float32, max_iter=3, tol=0)
+def test_bitwise_repeatable_and_seeded(device):
+    A = _sym(60, seed=3).float().to(device)
+    kw = dict(top_k=2, dtype=torch.float32, device=device)
+    a = lanczos(lambda v: A @ v, 60, seed=5, max_iter=20, **kw)
+    b = lanczos(lambda v: A @ v, 60, seed=5, max_iter=20, **kw)
+    c = lanczos(lambda v: A @ v, 60, seed=6, max_iter=3, tol=0, **kw)
     assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.alphas, b.alphas)
     assert not torch.equal(c.alphas, a.alphas[:3])
     assert torch.equal(start_vector(10, 1, torch.float64), start_vector(10, 1, torch.float64))
+    # drawn by a CPU generator and moved: the same numbers on every device
+    for dtype in (torch.float64, torch.float32):
+        v = start_vector(60, 5, dtype, device)
+        assert v.device.type == device.type and v.dtype == dtype
+        assert torch.equal(v.cpu(), start_vector(60, 5, dtype))
 
 
 def test_quadrature_weights_and_tridiagonal():
@@ -124,21 +141,21 @@ def test_error_bound_sharpens_the_residual_and_bounds_the_error():
     assert float(r.error_bounds[0]) >= float(r.residuals[0]) / 10 * (1 - 1e-12)
 
 
-def test_error_bounds_fall_back_to_the_residual_when_the_gap_is_unknown():
-    res = torch.tensor([0.5, 1e-3, 1e-3], dtype=torch.float64)
+def test_error_bounds_fall_back_to_the_residual_when_the_gap_is_unknown(device):
+    def t(*values):
+        return torch.tensor(values, dtype=torch.float64, device=device)
+
+    res = t(0.5, 1e-3, 1e-3)
     # θ_2's lower neighbour is unresolved (residual 0.5 > 2% of the gap 1): no gap credit
-    e = error_bounds(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), res)
-    assert float(e[1]) == 1e-3
+    e = error_bounds(t(0.0, 1.0, 3.0), res)
+    assert e.device.type == device.type and float(e[1]) == 1e-3
     # resolved neighbours: r²/δ̂ with δ̂ = min(1 − 0.01, 2 − 0.001) (never below r/10)
-    res = torch.tensor([0.01, 1e-3, 1e-3], dtype=torch.float64)
-    e = error_bounds(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), res)
+    e = error_bounds(t(0.0, 1.0, 3.0), t(0.01, 1e-3, 1e-3))
     assert abs(float(e[1]) - max(1e-6 / 0.99, 1e-4)) < 1e-15
     # a tiny gap (not larger than the residual) and a single Ritz value: the residual
-    e = error_bounds(torch.tensor([1.0, 1.0 + 1e-6], dtype=torch.float64),
-                     torch.tensor([1e-12, 1e-3], dtype=torch.float64))
+    e = error_bounds(t(1.0, 1.0 + 1e-6), t(1e-12, 1e-3))
     assert float(e[1]) == 1e-3
-    assert float(error_bounds(torch.tensor([2.0], dtype=torch.float64),
-                              torch.tensor([0.3], dtype=torch.float64))[0]) == 0.3
+    assert float(error_bounds(t(2.0), t(0.3))[0]) == 0.3
 
 
 def _clustered(g: float, seed: int, n: int = 300) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""Hutchinson trace and SLQ density against dense float64 Hessians."""
+"""Hutchinson trace and SLQ density against dense float64 Hessians.
+
+Measurement tests take the ``device`` fixture (CPU, and CUDA when present): dense Hessians
+come from the CPU case, the estimators run on ``case.to(device)``. Probes are drawn on the
+CPU and moved, so they are the same on every device; results are CPU tensors and floats.
+"""
 
 import math
 
@@ -12,10 +17,10 @@ from tests.geometry._hessian_oracle import cached_block_hessians
 
 
 @pytest.mark.parametrize("name", ["vit1", "cnn_bn"])
-def test_trace_unbiased_within_three_standard_errors(name):
-    case = make_case(name, n=10)
+def test_trace_unbiased_within_three_standard_errors(name, device):
+    dev = make_case(name, n=10).to(device)
     dense = cached_block_hessians(name, 10)
-    res = hutchinson_trace(case.model, case.inputs, case.targets, blocks=("paper",),
+    res = hutchinson_trace(dev.model, dev.inputs, dev.targets, blocks=("paper",),
                            n_probes=120, chunk=40, seed=1)
     for b, H in dense.items():
         r = res[b]
@@ -26,12 +31,13 @@ def test_trace_unbiased_within_three_standard_errors(name):
         assert r.samples.shape == (120,)
 
 
-def test_trace_samples_are_exact_quadratic_forms_and_seeded():
-    case = make_case("mlp", n=10)
+def test_trace_samples_are_exact_quadratic_forms_and_seeded(device):
+    dev = make_case("mlp", n=10).to(device)
     H = cached_block_hessians("mlp", 10)["whole"]
-    a = hutchinson_trace(case.model, case.inputs, case.targets, n_probes=3, seed=4)["whole"]
-    b = hutchinson_trace(case.model, case.inputs, case.targets, n_probes=3, seed=4,
+    a = hutchinson_trace(dev.model, dev.inputs, dev.targets, n_probes=3, seed=4)["whole"]
+    b = hutchinson_trace(dev.model, dev.inputs, dev.targets, n_probes=3, seed=4,
                          strategy="stream", chunk=1)["whole"]
+    assert a.samples.device.type == "cpu"
     g = torch.Generator().manual_seed(4)
     from geomkit.geometry.spectrum import rademacher
 
@@ -39,22 +45,23 @@ def test_trace_samples_are_exact_quadratic_forms_and_seeded():
     want = torch.tensor([float(z @ H @ z) for z in zs], dtype=torch.float64)
     torch.testing.assert_close(a.samples, want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(b.samples, want, rtol=1e-10, atol=1e-12)
-    one = hutchinson_trace(case.model, case.inputs, case.targets, n_probes=1)["whole"]
+    one = hutchinson_trace(dev.model, dev.inputs, dev.targets, n_probes=1)["whole"]
     assert math.isnan(one.stderr)
 
 
 @pytest.mark.parametrize("name", ["vit1", "mixer1"])
-def test_density_integrates_to_one_and_mean_is_trace_over_n(name):
-    case = make_case(name, n=10)
+def test_density_integrates_to_one_and_mean_is_trace_over_n(name, device):
+    dev = make_case(name, n=10).to(device)
     H = cached_block_hessians(name, 10)["whole"]
     n = H.shape[0]
     P = 3
-    d = spectral_density(case.model, case.inputs, case.targets, n_probes=P, n_iter=40, seed=2)
+    d = spectral_density(dev.model, dev.inputs, dev.targets, n_probes=P, n_iter=40, seed=2)
     d = d["whole"]
+    assert d.grid.device.type == "cpu" and d.nodes.device.type == "cpu"
     assert abs(float(torch.trapezoid(d.density, d.grid)) - 1) < 1e-6
     assert abs(float(d.weights.sum()) - 1) < 1e-12
     # the density's mean is the probes' Hutchinson estimate / n (same seed, same probes)
-    t = hutchinson_trace(case.model, case.inputs, case.targets, n_probes=P, seed=2)["whole"]
+    t = hutchinson_trace(dev.model, dev.inputs, dev.targets, n_probes=P, seed=2)["whole"]
     assert abs(d.mean - t.trace / n) < 1e-9 * abs(t.trace / n)
     mean_num = float(torch.trapezoid(d.grid * d.density, d.grid))
     assert abs(mean_num - d.mean) < 1e-6 * float(d.grid.abs().max())
@@ -68,11 +75,11 @@ def test_density_integrates_to_one_and_mean_is_trace_over_n(name):
     assert d.n_hvps <= P * 40
 
 
-def test_density_full_krylov_recovers_spectrum_moments():
-    case = make_case("cnn_bn", n=10)
+def test_density_full_krylov_recovers_spectrum_moments(device):
+    dev = make_case("cnn_bn", n=10).to(device)
     H = cached_block_hessians("cnn_bn", 10)["whole"]
     n = H.shape[0]
-    d = spectral_density(case.model, case.inputs, case.targets, n_probes=2, n_iter=n,
+    d = spectral_density(dev.model, dev.inputs, dev.targets, n_probes=2, n_iter=n,
                          sigma=1e-3, n_grid=20000)["whole"]
     # with m = n the quadrature is exact per probe: Σ τθ² = qᵀH²q
     from geomkit.geometry.spectrum import rademacher
