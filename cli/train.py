@@ -92,6 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
+    global _PARSER
+    _PARSER = p
+
+
+_PARSER: argparse.ArgumentParser | None = None
 
 
 def _model_args(items: list[str]) -> dict:
@@ -141,7 +146,21 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         save_best=args.save_best,
     )
-    r = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    # the settings given on purpose (not left at their defaults): a resumed run that
+    # contradicts one of them is refused instead of silently finishing with its own
+    flag_field = {"model": "model", "model_arg": "model_kwargs", "optimizer": "optimizer",
+                  "base_optimizer": "base_optimizer", "lr": "lr", "weight_decay": "weight_decay",
+                  "momentum": "momentum", "rho": "rho", "epochs": "epochs",
+                  "batch_size": "batch_size", "warmup_epochs": "warmup_epochs",
+                  "schedule": "schedule", "label_smoothing": "label_smoothing",
+                  "grad_clip": "grad_clip", "seed": "seed", "bf16": "bf16",
+                  "save_best": "save_best", "data": "data", "data_root": "data",
+                  "image_size": "data", "augment": "data", "subset": "data",
+                  "subset_seed": "data"}
+    same_as = sorted({f for flag, f in flag_field.items()
+                      if getattr(args, flag) != _PARSER.get_default(flag)})
+    r = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+              same_as=same_as)
     row = {
         "checkpoint": str(r.checkpoint),
         "test_acc": r.test_acc,

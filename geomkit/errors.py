@@ -47,3 +47,7 @@ class SpecError(GeomkitError):
 
 class ResultFileError(GeomkitError):
     """A results file that is unreadable or does not match the requested computation."""
+
+
+class TrainingDiverged(GeomkitError):
+    """Training produced a non-finite loss; the last finite checkpoint is kept."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from geomkit import distributed
 from geomkit.checkpoint import load_checkpoint, save_checkpoint
 from geomkit.data import DataSpec, augment_batch, info, load_split
 from geomkit.device import resolve_device
-from geomkit.errors import GeomkitError
+from geomkit.errors import CheckpointError, GeomkitError, SpecError, TrainingDiverged
 from geomkit.models import build, family
 from geomkit.train.config import TrainConfig
 from geomkit.train.sam import SAM, sam_step
@@ -124,31 +124,87 @@ def train_step(
     return loss.detach()
 
 
+def _existing_run(last: Path) -> str:
+    try:
+        ck = load_checkpoint(last)
+        what = f"a run of {ck.model_name} ({ck.epoch}/{ck.config.get('epochs', '?')} epochs)"
+    except CheckpointError:
+        what = "a checkpoint"
+    return (f"{last.parent} already holds {what}; pass resume to continue it, or choose "
+            "another out (nothing was overwritten)")
+
+
+def _kept(last: Path, epoch: int) -> str:
+    """What is left after a divergence in (0-based) ``epoch``: the last finite checkpoint."""
+    if last.exists():
+        return f"{last} (epoch {epoch}, the last finite one) is kept"
+    return "no checkpoint was written"
+
+
+def _check_same(stored: TrainConfig, given: TrainConfig, fields: Sequence[str],
+                last: Path) -> None:
+    """Refuse a resume whose deliberate settings contradict the stored run."""
+    diff = []
+    for name in fields:
+        if name == "device":
+            continue
+        old, new = getattr(stored, name), getattr(given, name)
+        if name == "data":
+            old = {k: v for k, v in old.items() if k in new}
+        elif name == "model_kwargs":
+            old = {k: v for k, v in old.items() if k in new}
+        if old != new:
+            diff.append(f"{name}={new!r} (the run has {old!r})")
+    if diff:
+        raise SpecError(f"{last} continues as it was trained, but {', '.join(diff)}; drop "
+                        "those settings to resume it, or train into another out")
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
     *,
     resume: bool = False,
     progress: bool = True,
+    same_as: Sequence[str] = (),
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write ``out_dir/last.pt`` after every epoch.
 
     With ``resume=True`` and an existing ``out_dir/last.pt`` the run continues from it
     (its stored configuration wins over ``cfg``, except ``cfg.device``, where it runs now;
     the optimizer state follows the parameters to that device); a finished run returns
-    immediately.
+    immediately. ``same_as`` names the fields of ``cfg`` the caller set on purpose: a
+    stored run that differs in any of them is refused instead of silently continued with
+    its own settings. Without ``resume`` an existing run in ``out_dir`` is never replaced.
+
+    Raises:
+        CheckpointError: ``out_dir`` is a file, or holds a run and ``resume`` is off.
+        SpecError: ``resume`` with ``same_as`` fields that contradict the stored run; bf16
+            asked for on a device without it.
+        TrainingDiverged: a non-finite training or test loss (the checkpoint of the last
+            finite epoch is kept).
     """
     out_dir = Path(out_dir)
     last = out_dir / "last.pt"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"out {out_dir} is a file, not a run directory; choose another "
+                              "out", param="out")
+    if last.exists() and not resume:
+        raise CheckpointError(_existing_run(last), param="resume")
     start_epoch, opt_state = 0, None
     prior_metrics: dict[str, Any] = {}
     if resume and last.exists():
         ck = load_checkpoint(last)
+        _check_same(TrainConfig.from_dict(ck.config), cfg, same_as, last)
         # The stored run wins, except where it runs: a run saved on "cuda" (or "cuda:1")
         # resumes on the device asked for now, e.g. on a CPU-only machine.
         cfg = dataclasses.replace(TrainConfig.from_dict(ck.config), device=cfg.device)
         start_epoch, opt_state, prior_metrics = ck.epoch, ck.optimizer_state, ck.metrics
     device = resolve_device(cfg.device)
+    if cfg.bf16 and device.type != "cuda":
+        raise SpecError(f"bf16 autocast runs on CUDA only, not on {device.type}; drop bf16 "
+                        "(the checkpoint would record a precision that was not used)",
+                        param="bf16")
     ddp = distributed.init(device)
     spec = DataSpec.from_dict(cfg.data)
     dinfo = info(spec)
@@ -243,9 +299,9 @@ def train(
                     grad_clip=cfg.grad_clip,
                 )
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training diverged at step {step} (loss {loss.item()}); lower --lr"
-                    )
+                    raise TrainingDiverged(
+                        f"training diverged at step {step} (loss {loss.item()}); "
+                        f"{_kept(last, epoch)}; lower lr", param="lr")
                 run_loss += loss.item() * len(idx)
                 run_n += len(idx)
                 seen += len(idx) * world
@@ -253,6 +309,10 @@ def train(
                 bar.update(1)
             train_loss = run_loss / max(run_n, 1)
             test_loss, test_acc = evaluate(model, x_test, y_test, device)
+            if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch + 1} (test loss {test_loss}); "
+                    f"{_kept(last, epoch)}; lower lr", param="lr")
             history.append(
                 {
                     "epoch": epoch + 1,
