@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -205,6 +206,9 @@ def hessian_eigs(
         raise SpecError(f"top_k must be >= 1, got {top_k}")
     if max_iter < 1:
         raise SpecError(f"max_iter must be >= 1, got {max_iter}")
+    if top_k > max_iter:
+        raise SpecError(f"top_k {top_k} exceeds max_iter {max_iter}: Lanczos finds at most "
+                        "one eigenvalue per step", param="top_k")
     if not tol >= 0:
         raise SpecError(f"tol must be >= 0, got {tol}")
     if schedule not in SCHEDULES:
@@ -214,6 +218,12 @@ def hessian_eigs(
     if bn not in BN_MODES:
         raise SpecError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
     resolved = resolve_blocks(model, blocks, regex)
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    for b, names in resolved.items():
+        d = sum(numel[n] for n in names)
+        if d < top_k:
+            raise SpecError(f"top_k {top_k} exceeds block {b!r}'s {d} parameters (a {d}x{d} "
+                            "Hessian has that many eigenvalues)", param="top_k")
     op = HessianOperator(model, data, targets, resolved, loss=loss,
                          label_smoothing=label_smoothing, batch_size=batch_size,
                          strategy=strategy, bn=bn, dtype=dtype, device=device,
@@ -256,7 +266,9 @@ def hessian_eigs(
             n_params=op.dims[b],
             n_hvps=r.n_hvps,
             seconds=spent[b],
-            converged=r.converged,
+            # a NaN/inf Ritz value (NaN weights, an overflowing loss) is never "converged"
+            converged=bool(r.converged) and all(math.isfinite(float(v))
+                                                for v in r.eigenvalues),
             error_bounds=tuple(float(v) for v in r.error_bounds),
             vectors=r.vectors,
             vector_min=r.vector_min,

@@ -7,6 +7,7 @@ estimates live on the device and are brought to the CPU to be checked.
 """
 
 import copy
+import math
 
 import pytest
 import torch
@@ -195,3 +196,17 @@ def test_fused_attention_models_are_differentiated_twice(strategy, device):
     assert abs(res.blocks["whole"].lambda_max - top) <= 1e-6 * abs(top)
     res32 = hessian_eigs(m_dev, x_dev, y_dev, blocks=("whole",), strategy=strategy)
     assert abs(res32.blocks["whole"].lambda_max - top) <= 1e-3 * abs(top)
+
+
+def test_top_k_beyond_the_block_or_max_iter_and_nan_weights():
+    """Refused instead of returning fewer values than asked; NaN is never 'converged'."""
+    case = make_case("mlp")
+    with pytest.raises(SpecError, match="exceeds max_iter"):
+        hessian_eigs(case.model, case.inputs, case.targets, top_k=20, max_iter=10)
+    with pytest.raises(SpecError, match="exceeds block 'b'"):
+        hessian_eigs(case.model, case.inputs, case.targets, blocks=(), regex={"b": r"^3\.bias"},
+                     top_k=4)
+    with torch.no_grad():
+        next(case.model.parameters())[0, 0] = float("nan")
+    r = hessian_eigs(case.model, case.inputs, case.targets, max_iter=5)
+    assert math.isnan(r.blocks["whole"].lambda_max) and not r.blocks["whole"].converged
