@@ -14,6 +14,7 @@ from geomkit.geometry.hessian import hessian_eigs
 from geomkit.geometry.hvp import HessianOperator
 from geomkit.geometry.spectrum import hutchinson_trace
 from tests.cases import CASE_NAMES, make_case
+from tests.geometry._hessian_oracle import _unflatten
 
 LOSSES = {
     "ce": lambda z, y: F.cross_entropy(z, y, reduction="none"),
@@ -26,16 +27,10 @@ LOSSES = {
 
 def _dense(model, names, x, y, per_example):
     """Dense H of mean(per_example) over the block (forward-over-reverse, float64)."""
-    params = dict(model.named_parameters())
-    shapes = [params[n].shape for n in names]
-    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+    flat, to_dict = _unflatten(model, names)
 
     def f(v):
-        d, i = {}, 0
-        for n, s in zip(names, shapes, strict=True):
-            d[n] = v[i : i + s.numel()].view(s)
-            i += s.numel()
-        return per_example(functional_call(model, d, (x,), strict=False), y).mean()
+        return per_example(functional_call(model, to_dict(v), (x,), strict=False), y).mean()
 
     H = torch.func.jacfwd(torch.func.grad(f))(flat)
     return 0.5 * (H + H.T)
