@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -44,23 +43,13 @@ def add_device_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return _jsonable(obj.item())
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    return obj
-
-
 def print_json(obj: Any) -> None:
-    """Print exactly one JSON object on stdout (non-finite floats become strings/null)."""
-    print(json.dumps(_jsonable(obj), allow_nan=False))
+    """Print exactly one JSON object on stdout, under the one NaN policy of
+    :mod:`geomkit.io` (:func:`geomkit.io.dumps_json`: valid JSON, NaN as ``null``, ±inf as
+    ``"inf"``/``"-inf"``)."""
+    from geomkit.io import dumps_json
+
+    print(dumps_json(obj))
 
 
 def fmt(v: Any, digits: int = 4) -> str:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from cli._common import (
@@ -86,54 +83,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-
-def _write_h5(path: Path, out: dict[str, Any], densities: dict[str, Any], ck: Any,
-              vectors: dict[str, Any]) -> None:
-    """Write atomically (``.tmp`` then rename): a killed run leaves no finished-looking file."""
-    import h5py
-    import numpy as np
-
-    from geomkit.provenance import provenance
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "geomkit-hessian/1"
-            f.attrs["provenance"] = json.dumps(provenance())
-            f.attrs["checkpoint_path"] = str(ck.path)
-            f.attrs["checkpoint_sha256"] = ck.sha256()
-            f.attrs["label"] = ck.label
-            f.attrs["model"] = ck.model_name
-            f.attrs["config"] = json.dumps(ck.config, default=str)
-            f.attrs["data_spec"] = json.dumps(ck.data_spec.to_dict(), default=str)
-            f.attrs["settings"] = json.dumps(out["settings"])
-            f.attrs["samples"] = out["samples"]
-            for b, d in out["blocks"].items():
-                g = f.create_group(f"blocks/{b}")
-                for k, v in d.items():
-                    if isinstance(v, (list, tuple)):
-                        g.create_dataset(k, data=np.asarray(v))
-                    elif v is not None and not isinstance(v, dict):
-                        g.attrs[k] = v
-                g.create_dataset("param_names", data=np.asarray(out["params"][b], dtype="S"))
-                if b in vectors:
-                    g.create_dataset("eigenvectors", data=vectors[b])
-                if b in densities:
-                    dg = g.create_group("density")
-                    r = densities[b]
-                    for k in ("grid", "density", "nodes", "weights"):
-                        dg.create_dataset(k, data=getattr(r, k).numpy())
-                    dg.attrs["sigma"] = r.sigma
-                    dg.attrs["n_probes"] = r.n_probes
-                    dg.attrs["n_iter"] = r.n_iter
-            f.attrs["done"] = True
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -141,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from geomkit.geometry.blocks import parse_block_arg, resolve_blocks
     from geomkit.geometry.hessian import hessian_eigs
     from geomkit.geometry.spectrum import hutchinson_trace, spectral_density
+    from geomkit.io.hessian import check_hessian_out, hessian_record, save_hessian
 
     regex: dict[str, str] = {}
     for text in args.block:
@@ -150,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         regex[name] = pattern
     if args.out and not args.out.endswith((".h5", ".hdf5")):
         raise SpecError(f"--out must name an .h5 file, got {args.out!r}")
+    if args.out:  # before any work: never replace a results file, a landscape, ...
+        check_hessian_out(args.out)
     ck = load_checkpoint(args.ckpt)
     model = ck.model
     blocks = args.blocks
@@ -165,44 +117,14 @@ def run(args: argparse.Namespace) -> int:
     dens = (spectral_density(model, x, y, n_probes=args.density_probes,
                              n_iter=args.density_iter, **common) if args.density else {})
 
-    out: dict[str, Any] = {
-        "samples": r.n_samples,
-        "checkpoint": str(ck.path),
-        "model": ck.model_name,
-        "label": ck.label,
-        "settings": {**r.settings(), "smallest": args.smallest},
-        "blocks": {},
-        "params": r.params,
-    }
-    for b, e in r.blocks.items():
-        d: dict[str, Any] = {
-            "lambda_max": e.lambda_max,
-            "params": e.n_params,
-            "hvps": e.n_hvps,
-            "seconds": e.seconds,
-            "eigenvalues": list(e.eigenvalues),
-            "residual": e.residual,
-            "error_bound": e.error_bound,
-            "converged": bool(e.converged),
-        }
-        if args.smallest:
-            d["lambda_min"] = e.lambda_min
-        if b in traces:
-            t = traces[b]
-            d.update(trace=t.trace, trace_stderr=t.stderr, trace_probes=t.n_probes,
-                     trace_seconds=t.seconds)
-        if b in dens:
-            dr = dens[b]
-            d["density"] = {"grid": dr.grid.tolist(), "density": dr.density.tolist(),
-                            "sigma": dr.sigma, "mean": dr.mean}
-        out["blocks"][b] = d
     if args.out:
-        vectors = {b: e.vectors.double().cpu().numpy() for b, e in r.blocks.items()
-                   if e.vectors is not None}
-        h5_blocks = {b: {k: v for k, v in d.items() if k != "density"}
-                     for b, d in out["blocks"].items()}
-        _write_h5(Path(args.out), {**out, "blocks": h5_blocks}, dens, ck, vectors)
+        # the record and the file come from one library writer, with the analyze keys
+        out = save_hessian(args.out, r, checkpoint=ck, traces=traces, densities=dens,
+                           smallest=args.smallest)
         out["out"] = args.out
+    else:
+        out = hessian_record(r, traces=traces, densities=dens, smallest=args.smallest,
+                             checkpoint=ck)
 
     if args.json:
         shown = {k: v for k, v in out.items() if k != "params"}
@@ -218,14 +140,14 @@ def run(args: argparse.Namespace) -> int:
     headers += ["HVPs", "seconds", "converged"]
     rows = []
     for b, d in out["blocks"].items():
-        row: list[Any] = [b, d["params"], d["lambda_max"]]
+        row: list[Any] = [b, d["n_params"], d["lambda_max"]]
         if args.top_k > 1:
             row.append(", ".join(f"{v:.4g}" for v in d["eigenvalues"]))
         if args.smallest:
             row.append(d["lambda_min"])
         if args.trace:
             row += [d["trace"], d["trace_stderr"]]
-        row += [d["hvps"], round(d["seconds"], 2), d["converged"]]
+        row += [d["n_hvps"], round(d["seconds"], 2), d["converged"]]
         rows.append(row)
     print(f"{ck.label}: N={r.n_samples} examples, strategy={r.strategy}, bn={r.bn}, "
           f"dtype={r.dtype}, tol={r.tol:g}")

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from geomkit import plot
-    from geomkit.geometry.landscape import read_landscape
+    from geomkit.io.landscape import read_landscape  # no compute package for a plot
 
     surfs = [read_landscape(f) for f in args.files]
     one_d = [s.ycoordinates is None for s in surfs]

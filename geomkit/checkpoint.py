@@ -19,13 +19,14 @@ Every tensor is saved on the CPU, so a checkpoint written by a CUDA run loads on
 CPU-only machine with plain ``torch.load(path, weights_only=True)``; a resumed run's
 ``optimizer.load_state_dict`` moves the state back to its parameters' device.
 
-Files are written atomically (temporary file in the same directory, then
-``os.replace``), so a killed run never leaves a truncated file under the final name.
+Files are written atomically through :func:`geomkit.io.atomic_write` (temporary file
+in the same directory, fsync, ``os.replace``), so a killed run never leaves a truncated
+file under the final name, and a failed write (disk full, ...) keeps the previous
+checkpoint and raises a one-line :class:`~geomkit.errors.ResultFileError`.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from torch import nn
 
 from geomkit.data import DataSpec, load_split
 from geomkit.errors import CheckpointError, DataError, GeomkitError
+from geomkit.io import atomic_write
 from geomkit.models import build
 from geomkit.provenance import file_sha256, provenance
 
@@ -89,15 +91,13 @@ def save_checkpoint(
         "provenance": provenance(),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    def write(tmp: Path) -> None:
+        # through a Python file object: a failed write surfaces as its OSError (ENOSPC, ...)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    return atomic_write(path, write)
 
 
 @dataclass(frozen=True)

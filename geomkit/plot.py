@@ -1,9 +1,12 @@
 """Matplotlib figures of loss landscapes (and export to ParaView).
 
 Every function draws results that are already computed -- a
-:class:`~geomkit.geometry.landscape.Landscape` or the path of a landscape file -- and
-never recomputes anything.  Drawing functions take an ``ax`` (and return it) or,
-with ``ax=None``, make and return a new :class:`~matplotlib.figure.Figure`.
+:class:`~geomkit.io.landscape.Landscape` (also importable from
+:mod:`geomkit.geometry.landscape`) or the path of a landscape file, read by
+:func:`geomkit.io.landscape.read_landscape` -- and never recomputes anything (nor imports
+torch or :mod:`geomkit.geometry` to read a file).  Drawing functions take an ``ax``
+(and return it) or, with ``ax=None``, make and return a new
+:class:`~matplotlib.figure.Figure`.
 Non-finite values are masked, so they show as gaps.
 
 Surfaces ``Z`` are shaped ``[len(y), len(x)]`` and drawn as
@@ -39,7 +42,8 @@ class ColorScale:
 
 
 def _load(surface):
-    from geomkit.geometry.landscape import Landscape, read_landscape
+    # the I/O layer's reader: neither torch nor the compute package geomkit.geometry
+    from geomkit.io.landscape import Landscape, read_landscape
 
     if isinstance(surface, Landscape):
         return surface

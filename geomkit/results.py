@@ -16,9 +16,11 @@ the same weights always map to the same group and a retrained file gets a new on
 
 **Never half-written.**  Every change (:meth:`ResultsFile.put`) copies the file to a
 temporary name beside it, writes the measurement there with its ``done`` attribute last,
-closes (flushes) it and renames it over the original (``os.replace``).  A killed run
-leaves either the old file or the new one; readers only ever count measurements whose
-``done`` attribute is set.
+closes, fsyncs and renames it over the original (:func:`geomkit.io.atomic_h5`).  A killed
+run leaves either the old file or the new one; a failed write (disk full, ...) leaves the
+old file and raises a one-line :class:`~geomkit.errors.ResultFileError`; readers only
+ever count measurements whose ``done`` attribute is set.  Dicts are JSON attributes
+under the NaN policy of :mod:`geomkit.io` (files with the older ``"nan"`` strings read).
 
 Reading: :func:`load_results` returns a :class:`Results` of frozen
 :class:`CheckpointRecord` s (no pandas needed); :meth:`Results.to_dataframe` gives one
@@ -27,13 +29,10 @@ row per checkpoint when pandas is installed.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import math
-import os
 import re
-import shutil
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-from geomkit.errors import ResultFileError
-from geomkit.provenance import provenance
+from geomkit.io import (
+    RESULTS_FORMAT,
+    atomic_h5,
+    dumps_json,
+    jsonable,
+    loads_json,
+    now_utc,
+    open_h5,
+    set_provenance,
+)
+from geomkit.io import attr as _attr
 
 __all__ = [
     "FORMAT",
@@ -54,7 +62,7 @@ __all__ = [
     "load_results",
 ]
 
-FORMAT = "geomkit-results/1"
+FORMAT = RESULTS_FORMAT  # "geomkit-results/1"
 _ROOT = "checkpoints"
 
 
@@ -200,29 +208,16 @@ class Results:
 # -- value trees <-> HDF5 ---------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)  # "inf", "nan": JSON has no literal for them
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+_jsonable = jsonable  # the one policy of geomkit.io (geomkit.analyze normalizes with it)
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), sort_keys=True)
+    return dumps_json(obj, sort_keys=True)
 
 
 def _loads(text: Any) -> Any:
-    if isinstance(text, bytes):
-        text = text.decode()
     try:
-        return json.loads(text)
+        return loads_json(text)
     except (TypeError, ValueError):
         return text
 
@@ -263,37 +258,13 @@ def _read_tree(group: h5py.Group) -> dict[str, Any]:
     return out
 
 
-def _attr(node: h5py.HLObject, key: str, default: Any = None) -> Any:
-    v = node.attrs.get(key, default)
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, np.generic):
-        v = v.item()
-    return v
-
-
 # -- reading -----------------------------------------------------------------------------
 
 
-def _open(path: Path, mode: str = "r") -> h5py.File:
-    if not path.exists():
-        raise ResultFileError(f"no such results file: {path}")
-    if not path.is_file():
-        raise ResultFileError(f"not a results file: {path}")
-    try:
-        f = h5py.File(path, mode)
-    except OSError:
-        raise ResultFileError(
-            f"{path} is not an HDF5 file (or is damaged); pass a file written by "
-            f"`geomkit analyze`"
-        ) from None
-    if _attr(f, "format") != FORMAT:
-        f.close()
-        raise ResultFileError(
-            f"{path} is an HDF5 file but not a geomkit results file (no format={FORMAT!r}); "
-            f"pass a file written by `geomkit analyze`"
-        )
-    return f
+def _open(path: Path, mode: str = "r") -> Any:
+    """The results file, typed: one-line ResultFileError for a missing path, a file that
+    is not HDF5 or damaged (also while reading) and another file's format tag."""
+    return open_h5(path, mode, kind=FORMAT)
 
 
 def _measurement(name: str, g: h5py.Group) -> Measurement | None:
@@ -350,8 +321,7 @@ def load_results(path: str | Path) -> Results:
 # -- writing -----------------------------------------------------------------------------
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+_now = now_utc
 
 
 class ResultsFile:
@@ -379,36 +349,29 @@ class ResultsFile:
             with self._update() as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["created"] = _now()
-                f.attrs["provenance"] = _dumps(provenance())
+                set_provenance(f)
                 f.create_group(_ROOT)
 
     class _Update:
-        """Copy → modify → flush → rename, so the file is never seen half-written."""
+        """Copy → modify → close → fsync → rename (:func:`geomkit.io.atomic_h5`), so the
+        file is never seen half-written and a failed update leaves it as it was."""
 
         def __init__(self, path: Path) -> None:
             self.path = path
-            self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            self.f: h5py.File | None = None
+            self._cm: Any = None
+
+        @contextmanager
+        def _run(self) -> Iterator[h5py.File]:
+            with atomic_h5(self.path, copy=True) as f:
+                yield f
+                f.attrs["updated"] = _now()  # only a successful update is stamped
 
         def __enter__(self) -> h5py.File:
-            if self.path.exists():
-                shutil.copyfile(self.path, self.tmp)
-                self.f = h5py.File(self.tmp, "a")
-            else:
-                self.f = h5py.File(self.tmp, "w")
-            return self.f
+            self._cm = self._run()
+            return self._cm.__enter__()
 
-        def __exit__(self, exc_type, exc, tb) -> None:
-            try:
-                if self.f is not None:
-                    if exc_type is None:
-                        self.f.attrs["updated"] = _now()
-                    self.f.close()
-                if exc_type is None:
-                    os.replace(self.tmp, self.path)
-            finally:
-                if self.tmp.exists():
-                    self.tmp.unlink()
+        def __exit__(self, exc_type, exc, tb) -> bool | None:
+            return self._cm.__exit__(exc_type, exc, tb)
 
     def _update(self) -> ResultsFile._Update:
         return ResultsFile._Update(self.path)
@@ -464,7 +427,7 @@ class ResultsFile:
             m = g.create_group(name, track_order=True)
             _write_tree(m, values)
             m.attrs["settings"] = _dumps(settings)
-            m.attrs["provenance"] = _dumps({**provenance(), **(provenance_extra or {})})
+            set_provenance(m, provenance_extra)
             m.attrs["seconds"] = float(seconds)
             m.attrs["done"] = True  # last: only now does the measurement count as finished
 

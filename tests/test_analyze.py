@@ -7,9 +7,9 @@ import torch
 
 from geomkit import analyze as A
 from geomkit import measurements as M
-from geomkit.measurements._common import Options, samples
 from geomkit.data import DataSpec
 from geomkit.errors import CheckpointError, ResultFileError, SpecError
+from geomkit.measurements._common import Options, samples
 from geomkit.models import build
 from geomkit.results import load_results
 from tests.cases import tiny_checkpoint

@@ -129,3 +129,40 @@ def test_vts_without_pyevtk_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(SpecError, match="pip install"):
         plot.export_vts(_surface(), tmp_path / "s.vts")
+
+
+_NO_COMPUTE_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import matplotlib
+matplotlib.use("Agg")
+from geomkit import plot
+fig = plot.plot_panel([{path!r}, {path!r}], kind="contourf")
+plot.save_figure(fig, {prefix!r}, formats=("png",), size=(200, 100), dpi=100)
+plot.plot_contour({path!r}); plot.plot_1d({path!r})
+loaded = sorted(m for m in sys.modules
+                if m == "torch" or m.startswith(("torch.", "geomkit.geometry")))
+print(",".join(loaded) or "none")
+"""
+
+
+def test_reading_and_plotting_a_file_imports_neither_torch_nor_geomkit_geometry(tmp_path):
+    """The landscape reader is the I/O layer's (geomkit.io.landscape), not the compute
+    package's: drawing a file needs h5py and matplotlib only."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    case = make_case("mlp")
+    dirs = random_directions(case.model, 2, seed=0)
+    path = tmp_path / "s.h5"
+    compute_landscape(
+        path, case.model, case.inputs, case.targets, dirs, Grid((-1, 1, 4), (-1, 1, 3))
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    script = _NO_COMPUTE_SCRIPT.format(root=root, path=str(path), prefix=str(tmp_path / "p"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "none"
+    assert (tmp_path / "p.png").is_file()

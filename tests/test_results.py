@@ -131,3 +131,75 @@ def test_to_dataframe(tmp_path):
         return
     df = res.to_dataframe()
     assert df.loc["abc123-vit_x", "m.v"] == 1.0
+
+
+def test_full_disk_during_put_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    p = tmp_path / "r.h5"
+    rf = R.ResultsFile(p)
+    rf.put(_meta(), "m", {"v": 1}, settings={}, seconds=0)
+    before = p.read_bytes()
+
+    def full(group, values):
+        group.create_dataset("partial", data=1.0)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(R, "_write_tree", full)
+    with pytest.raises(ResultFileError) as e:
+        rf.put(_meta(), "m2", {"v": 2}, settings={}, seconds=0)
+    assert str(e.value) == f"cannot write {p}: no space left on device"
+    assert p.read_bytes() == before
+    assert [q.name for q in tmp_path.iterdir()] == ["r.h5"]
+    assert set(R.load_results(p)[0].measurements) == {"m"}
+
+
+def test_nan_settings_are_valid_json_and_legacy_strings_still_read(tmp_path):
+    import json
+
+    p = tmp_path / "r.h5"
+    rf = R.ResultsFile(p)
+    settings = {"tol": math.nan, "cap": math.inf, "n": 3}
+    rf.put(_meta(), "m", {"v": 1}, settings=settings, seconds=0)
+    with h5py.File(p, "r") as f:
+        text = f["checkpoints/abc123-vit_x/m"].attrs["settings"]
+
+    def strict(token):
+        raise ValueError(token)
+
+    assert json.loads(text, parse_constant=strict) == {"cap": "inf", "n": 3, "tol": None}
+    assert rf.get("abc123-vit_x", "m").settings == {"cap": "inf", "n": 3, "tol": None}
+    assert rf.find("m", settings)[0] == "abc123-vit_x"
+    # a file written before the one NaN policy: str(nan) / bare NaN in its JSON attributes
+    with h5py.File(p, "a") as f:
+        g = f["checkpoints/abc123-vit_x/m"]
+        g.attrs["settings"] = '{"cap": "inf", "n": 3, "tol": "nan"}'
+        f["checkpoints/abc123-vit_x"].attrs["config"] = '{"lr": NaN, "label": "vanilla"}'
+    rec = R.load_results(p)[0]
+    assert rec.measurements["m"].settings == {"cap": "inf", "n": 3, "tol": None}
+    assert rec.config == {"lr": None, "label": "vanilla"}
+    assert rf.find("m", settings)[0] == "abc123-vit_x"  # still the same computation
+
+
+def test_existing_results_file_layout_still_reads(tmp_path):
+    """A results file as the previous writer laid it out (plain h5py) reads unchanged."""
+    p = tmp_path / "old.h5"
+    with h5py.File(p, "w") as f:
+        f.attrs["format"] = "geomkit-results/1"
+        f.attrs["created"] = "2024-01-01T00:00:00+00:00"
+        f.attrs["provenance"] = '{"torch_version": "2.0"}'
+        g = f.create_group("checkpoints/abc-x")
+        g.attrs.update({"label": "m/x", "model": "m", "optimizer": "sgd", "order": 0,
+                        "config": '{"lr": 0.1}', "data_spec": "{}", "model_kwargs": "{}",
+                        "checkpoint_path": "/c.pt", "checkpoint_sha256": "abc"})
+        m = g.create_group("hessian", track_order=True)
+        m.create_group("lambda_max").create_dataset("whole", data=2.5)
+        m.attrs.update({"settings": '{"samples": 8}', "provenance": "{}", "seconds": 1.0,
+                        "done": True})
+    res = R.load_results(p)
+    assert res.attrs["provenance"] == {"torch_version": "2.0"}
+    assert res["m/x"].get("hessian.lambda_max.whole") == 2.5
+    assert res["m/x"].measurements["hessian"].settings == {"samples": 8}
+    R.ResultsFile(p).put(_meta("abc-x", "m/x"), "params", {"num_params": 1}, settings={},
+                         seconds=0)
+    assert set(R.load_results(p)["m/x"].measurements) == {"hessian", "params"}

@@ -283,3 +283,70 @@ def test_cli_study_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert err.count("\n") == 1
     assert main(["study", "quick", "--out", str(tmp_path / "s"), "--stages", "plot"]) == 2
     assert "valid: train, analyze, landscape, report" in capsys.readouterr().err
+
+
+def test_study_json_is_valid_json_even_with_nan(tmp_path: Path):
+    import math
+
+    from geomkit.study.run import _write_json_atomic
+
+    p = tmp_path / "study.json"
+    _write_json_atomic(p, {"runs": [{"test_acc": math.nan, "train_seconds": math.inf,
+                                     "checkpoint": Path("runs/a/last.pt")}]})
+
+    def strict(token):
+        raise ValueError(f"invalid JSON token {token}")
+
+    state = json.loads(p.read_text(), parse_constant=strict)
+    assert state == {"runs": [{"test_acc": None, "train_seconds": "inf",
+                               "checkpoint": "runs/a/last.pt"}]}
+    assert [q.name for q in tmp_path.iterdir()] == ["study.json"]
+
+
+def test_density_file_is_tagged_reused_and_never_replaces_a_foreign_file(tmp_path: Path):
+    from types import SimpleNamespace
+
+    import h5py
+
+    from geomkit.errors import ResultFileError
+    from geomkit.study.stages import density_for_run
+    from geomkit.study.view import read_density
+    from tests.cases import tiny_checkpoint
+
+    cfg = study_config_from_dict({"name": "t", "models": ["vit-tiny"],
+                                  "analysis": {"density_samples": 8, "density_probes": 1,
+                                               "density_iter": 4}})
+    run = SimpleNamespace(name="r", checkpoint=tiny_checkpoint(tmp_path / "c.pt"))
+    path = tmp_path / "density" / "r.h5"
+    assert density_for_run(run, path, cfg) == path
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "geomkit-density/1"
+        assert "torch_version" in json.loads(f.attrs["provenance"])
+    d = read_density(path)
+    assert d.grid.shape == d.density.shape and d.attrs["samples"] == 8
+    assert d.attrs["provenance"]["torch_version"]
+    before = path.stat().st_mtime_ns
+    density_for_run(run, path, cfg)
+    assert path.stat().st_mtime_ns == before  # reused
+    # a density file from before the format tag is geomkit's: read and reused
+    with h5py.File(path, "a") as f:
+        del f.attrs["format"]
+    assert read_density(path).grid.shape == d.grid.shape
+    legacy = path.read_bytes()
+    density_for_run(run, path, cfg)
+    assert path.read_bytes() == legacy
+    # anything else is refused, one line, and left byte-identical
+    from geomkit.results import ResultsFile
+
+    for name, make in (("results", lambda p: ResultsFile(p)),
+                       ("text", lambda p: p.write_text("notes"))):
+        other = tmp_path / "density" / f"{name}.h5"
+        make(other)
+        content = other.read_bytes()
+        with pytest.raises(ResultFileError) as e:
+            density_for_run(run, other, cfg, force=True)
+        assert "\n" not in str(e.value) and "refusing to replace" in str(e.value)
+        assert other.read_bytes() == content
+        with pytest.raises(ResultFileError) as e:
+            read_density(other)
+        assert "\n" not in str(e.value)

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from geomkit.errors import DataError, ModelError, SpecError
 
-__all__ = ["LOSSES", "AnalysisData", "as_data", "logits_of", "resolve_loss", "resolve_loss_sum"]
+__all__ = ["LOSSES", "AnalysisData", "as_data", "as_input_data", "logits_of", "resolve_loss",
+           "resolve_loss_sum"]
 
 LOSSES = ("ce", "bce", "mse")
 
@@ -175,8 +176,11 @@ class AnalysisData:
         hi = self.n if hi is None else min(hi, self.n)
         for x, y in self._raw(batch_size, lo, hi):
             if device is not None:
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
+                # asynchronous only towards a GPU: a non-blocking GPU→CPU copy can be read
+                # before it has landed
+                nb = torch.device(device).type == "cuda"
+                x = x.to(device, non_blocking=nb)
+                y = y.to(device, non_blocking=nb)
             if dtype is not None and x.is_floating_point():
                 x = x.to(dtype)
             yield x, y
@@ -279,3 +283,38 @@ def _count_upto(source: Iterable[Any], n: int) -> int:
         if count >= n:
             return n
     return count
+
+
+def as_input_data(data: Any, targets: torch.Tensor | None = None, *,
+                  n: int | None = None) -> AnalysisData:
+    """:func:`as_data` for measurements that need inputs only: also an inputs tensor alone,
+    or an iterable whose batches are bare inputs ``x`` (or ``(x,)``); such batches get
+    placeholder targets (int8 zeros). ``(x, y)`` batches and pairs of tensors are taken as
+    :func:`as_data` takes them (a pair of tensors is ``(inputs, targets)``)."""
+    if isinstance(data, torch.Tensor) and targets is None:
+        return as_data(data, torch.zeros(len(data) if data.ndim else 0, dtype=torch.int8), n=n)
+    pair = (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data))
+    if isinstance(data, (torch.Tensor, AnalysisData)) or targets is not None or pair:
+        return as_data(data, targets, n=n)
+    if iter(data) is data:  # one-shot: as_data reads it once and keeps the batches
+        return as_data((_with_targets(b) for b in data), n=n)
+    return as_data(_InputsOnly(data), n=n)
+
+
+def _with_targets(item: Any) -> Any:
+    if isinstance(item, (tuple, list)) and len(item) == 1:
+        item = item[0]
+    if isinstance(item, torch.Tensor):
+        return item, torch.zeros(len(item) if item.ndim else 0, dtype=torch.int8)
+    return item
+
+
+@dataclass(frozen=True)
+class _InputsOnly:
+    """A re-iterable source whose bare-input batches get placeholder targets."""
+
+    source: Iterable[Any]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (_with_targets(b) for b in self.source)

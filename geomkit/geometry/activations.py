@@ -22,6 +22,12 @@ accumulators; no activation is kept):
   :math:`\\|w_k\\|_2 = (\\sum_{p \\in k} \\sum_i p_i^2)^{1/2}` over the block's parameters.
 - **Whole model**: :math:`\\|w\\|_2` over all parameters, and totals over all activations.
 
+The analysis data are an inputs tensor, ``(inputs, targets)`` tensors or any iterable of
+``(x, y)`` (or bare ``x``) batches such as a DataLoader, streamed batch by batch (targets
+are not used; :func:`geomkit.geometry._inputs.as_input_data`); every statistic is a sum
+over examples, so how the data are batched does not change the counts. The model's own
+output is ignored (it may be a tuple, a dict, anything).
+
 The model is measured in eval mode under ``torch.no_grad``; its modes and everything else
 are restored afterwards. Under ``torchrun`` each rank takes its shard of the examples and
 the accumulators are summed over ranks.
@@ -40,7 +46,7 @@ from torch import nn
 
 from geomkit import distributed
 from geomkit.errors import BlockError, DataError
-from geomkit.geometry._batches import iter_batches
+from geomkit.geometry._inputs import as_input_data
 from geomkit.geometry._work import converted_copy, run_device_for
 
 __all__ = [
@@ -279,7 +285,7 @@ def _weight_norm(params: list[torch.Tensor]) -> float:
 
 def activation_stats(
     model: nn.Module,
-    inputs: torch.Tensor,
+    data: Any,
     targets: torch.Tensor | None = None,
     *,
     batch_size: int | None = 256,
@@ -288,13 +294,16 @@ def activation_stats(
     blocks: str | Sequence[str] | None = None,
     progress: bool = False,
 ) -> ActivationStats:
-    """Activation sparsity, dead neurons and block/weight norms of ``model`` on ``inputs``.
+    """Activation sparsity, dead neurons and block/weight norms of ``model`` on ``data``.
 
     Args:
         model: any ``nn.Module``; activations must be modules (:data:`ACTIVATION_TYPES`).
-        inputs: analysis inputs ``[N, ...]``. targets: unused (accepted for the common
-            measurement signature; checked for length if given).
-        batch_size: analysis mini-batch (None = all at once); does not change the result.
+            Its output is not used (a tensor, tuple, dict, ... all do).
+        data: analysis inputs ``[N, ...]``, ``(inputs, targets)`` tensors, or any iterable
+            of ``(x, y)`` or bare ``x`` batches (a DataLoader), streamed. targets: unused
+            (accepted for the common measurement signature; checked for length if given).
+        batch_size: analysis mini-batch (None = all at once; an iterable's batches are
+            kept, split when larger); does not change the counts.
         device: where to run (None = the model's device). dtype: e.g. ``torch.float64``
             (None = as is). With either differing from the model's, a copy of the model is
             measured.
@@ -306,10 +315,13 @@ def activation_stats(
         :class:`ActivationStats`; the definitions are in the module docstring, in particular
         ``blocks[k].output_norm`` :math:`= \\frac1N \\sum_n \\|\\mathrm{vec}(a_k(x_n))\\|_2`.
     """
-    if len(inputs) == 0:
-        raise DataError("activation_stats needs at least one input example")
-    if targets is not None and len(targets) != len(inputs):
-        raise DataError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+    if isinstance(data, torch.Tensor):
+        if len(data) == 0:
+            raise DataError("activation_stats needs at least one input example")
+        if targets is not None and len(targets) != len(data):
+            raise DataError(f"inputs ({len(data)}) and targets ({len(targets)}) differ in length")
+        targets = None  # unused: only the inputs are measured
+    analysis = as_input_data(data, targets)
     block_names = find_blocks(model, blocks)
 
     first = next(model.parameters(), None)
@@ -325,7 +337,7 @@ def activation_stats(
     modules = dict(work.named_modules())
     act_names = [n for n, m in modules.items() if n and _is_activation(m)]
     rec = _Recorder(acc_device)
-    dummy = torch.zeros(len(inputs), dtype=torch.int8)
+    shard = distributed.shard_range(analysis.n)
 
     modes = {m: m.training for m in work.modules()}
     handles = [work.register_forward_pre_hook(rec.reset_calls)]
@@ -337,7 +349,8 @@ def activation_stats(
         work.eval()
         local_n = 0
         with torch.no_grad():
-            batches = iter_batches(inputs, dummy, batch_size, device=run_device, dtype=dtype)
+            batches = analysis.batches(batch_size, device=run_device, dtype=dtype,
+                                       lo=shard.start, hi=shard.stop)
             if progress and distributed.is_main():
                 from tqdm import tqdm
 
@@ -349,7 +362,8 @@ def activation_stats(
                 # An empty shard (more ranks than examples): one unrecorded forward fixes
                 # the accumulator shapes so that every rank all-reduces the same tensors.
                 rec.recording = False
-                work(inputs[:1].to(run_device, dtype=dtype))
+                x, _ = next(analysis.batches(1, device=run_device, dtype=dtype, lo=0, hi=1))
+                work(x)
     finally:
         for h in handles:
             h.remove()

@@ -66,6 +66,14 @@ The defaults (``chunk_size=None``, ``batch_size=None``) pick :math:`P_k` so that
 :math:`N = 64` (``sum``, float32, 86.6 M parameters) the default 4 GiB budget gives about
 11 chunks; each needs a forward and a partial backward over the 64 images.
 
+**Data.**  The inputs are an ``(N, ...)`` tensor, ``(inputs, targets)`` tensors or any
+iterable of ``(x, y)`` (or bare ``x``) batches such as a DataLoader, whose first ``n``
+inputs are gathered into one tensor (:func:`geomkit.geometry._inputs.as_input_data`): the
+kernel couples all :math:`N` examples anyway, so the result does not depend on how they
+were batched.  The model may return a tuple, a dict or an object with ``.logits``
+(:func:`geomkit.geometry._inputs.logits_of`).  Under ``torchrun`` the parameter chunks,
+not the examples, are shared out over the ranks and the kernel is all-reduced.
+
 The model is left as it was: parameters and buffers are used through detached copies
 (``functional_call``) and train/eval flags are restored, also on error.  During the
 computation only BatchNorm layers follow ``bn``; every other module is in eval mode
@@ -101,6 +109,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from geomkit import distributed
 from geomkit.errors import BlockError, ModelError, SpecError
+from geomkit.geometry._inputs import as_input_data, logits_of
 from geomkit.geometry._work import run_device_for
 
 __all__ = ["NTKResult", "NTKInitResult", "MODES", "BN_MODES", "ntk", "ntk_at_init"]
@@ -325,10 +334,24 @@ def _spectrum(kernel: torch.Tensor) -> tuple[np.ndarray, float, float, float]:
 # --------------------------------------------------------------------------- main
 
 
+def _kernel_inputs(data: Any, n: int | None) -> torch.Tensor:
+    """The ``N`` kernel inputs as one tensor: a tensor as it is (its first ``n``), else the
+    first ``n`` inputs of ``(x, y)`` / bare-``x`` batches (the kernel is ``N × N`` anyway)."""
+    if n is not None and (isinstance(n, bool) or int(n) < 1):
+        raise SpecError(f"n must be a positive integer, got {n!r}", param="n")
+    if isinstance(data, torch.Tensor):
+        return data if n is None else data[: int(n)]
+    if not hasattr(data, "__iter__"):
+        raise SpecError("inputs must be a non-empty tensor of N examples, shape (N, ...), or "
+                        f"an iterable of batches; got {type(data).__name__}")
+    return as_input_data(data, n=n).inputs()
+
+
 def ntk(
     model: nn.Module,
-    inputs: torch.Tensor,
+    data: Any,
     *,
+    n: int | None = None,
     mode: Literal["sum", "trace", "full"] = "sum",
     params: Sequence[str] | None = None,
     bn: Literal["train", "eval"] = "train",
@@ -339,15 +362,19 @@ def ntk(
     dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> NTKResult:
-    r"""Empirical NTK :math:`\Theta = J J^\top` of ``model`` on ``inputs`` and its κ.
+    r"""Empirical NTK :math:`\Theta = J J^\top` of ``model`` on ``data`` and its κ.
 
     See the module docstring for the modes, the algorithm and the peak-memory formula
     :math:`M \approx R P_k s + b c' (A + P_k s) + b A + 16 R^2`.
 
     Args:
-        model: network returning logits of shape ``(N, C)`` (trailing dims flattened).
+        model: network returning logits of shape ``(N, C)`` (trailing dims flattened), or
+            a tuple / dict / object holding them (:func:`geomkit.geometry._inputs.logits_of`).
             Left unchanged.
-        inputs: ``N`` examples, ``(N, ...)``; ``N`` is the kernel size.
+        data: the ``N`` examples: an inputs tensor ``(N, ...)``, ``(inputs, targets)``
+            tensors, or any iterable of ``(x, y)`` or bare ``x`` batches (a DataLoader;
+            gathered into one tensor); ``N`` is the kernel size.  Targets are not used.
+        n: keep the first ``n`` examples (None: all of them).
         mode: ``"sum"`` (gradient of each example's summed logits, TE-NAS), ``"trace"``
             (per-logit kernels summed) or ``"full"`` (``N·C × N·C``).
         params: parameter names to differentiate (a block, e.g. one value of
@@ -392,6 +419,7 @@ def ntk(
             raise SpecError(f"{label} must be a positive integer, got {v!r}")
     if not (memory_gib > 0 and math.isfinite(memory_gib)):
         raise SpecError(f"memory_gib must be a positive number, got {memory_gib!r}")
+    inputs = _kernel_inputs(data, n)
     if not isinstance(inputs, torch.Tensor) or inputs.ndim < 1 or len(inputs) == 0:
         raise SpecError("inputs must be a non-empty tensor of N examples, shape (N, ...)")
 
@@ -431,11 +459,7 @@ def ntk(
         )
 
         def batched(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            out = functional_call(model, (p, frozen, buffers), (x,))
-            if not isinstance(out, torch.Tensor):
-                raise ModelError(
-                    f"ntk needs a model returning one logits tensor, got {type(out).__name__}"
-                )
+            out = logits_of(functional_call(model, (p, frozen, buffers), (x,)))
             return out.reshape(out.shape[0], -1)
 
         # probe: output width C and the bytes autograd saves per example
@@ -617,8 +641,9 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def ntk_at_init(
     model_factory: Callable[[int], nn.Module],
-    inputs: torch.Tensor,
+    data: Any,
     *,
+    n: int | None = None,
     repeats: int = 3,
     seed: int = 0,
     **kwargs: Any,
@@ -627,12 +652,14 @@ def ntk_at_init(
 
     Repeat ``r`` builds ``model_factory(seed + r)`` (a freshly initialized network,
     e.g. :meth:`geomkit.Checkpoint.fresh_model`) and computes :func:`ntk` on the same
-    ``inputs``.  Reports :math:`\bar\kappa = \frac1R \sum_r \kappa_r` and the sample
+    inputs.  Reports :math:`\bar\kappa = \frac1R \sum_r \kappa_r` and the sample
     standard deviation :math:`\sqrt{\frac{1}{R-1}\sum_r (\kappa_r - \bar\kappa)^2}`.
 
     Args:
         model_factory: ``seed -> nn.Module``.
-        inputs: the ``N`` examples, shared by every repeat.
+        data: the ``N`` examples, shared by every repeat (anything :func:`ntk` takes; an
+            iterable is read once).
+        n: keep the first ``n`` examples (None: all of them).
         repeats: number of seeds ``R``.
         seed: first seed.
         **kwargs: passed to :func:`ntk` (``mode``, ``params``, ``bn``, ...).
@@ -647,6 +674,7 @@ def ntk_at_init(
     if int(repeats) < 1:
         raise SpecError(f"repeats must be a positive integer, got {repeats!r}")
     seeds = tuple(int(seed) + r for r in range(int(repeats)))
+    inputs = _kernel_inputs(data, n)
     results = tuple(ntk(model_factory(sd), inputs, **kwargs) for sd in seeds)
     kappas = [r.kappa for r in results]
     if all(math.isfinite(k) for k in kappas):

@@ -10,7 +10,16 @@ eval mode.  Reported:
 * ``per_corruption[c]``: its mean over the severities;
 * ``mean_corrupted``: the mean over corruptions and severities, the "-C" number.
 
-Accuracies are fractions in [0, 1].
+Accuracies are fractions in [0, 1]; a prediction is the argmax of the logits, the label
+the target's class (the argmax of a soft / one-hot target).
+
+**Data.**  ``(inputs, targets)`` tensors or any iterable of ``(x, y)`` batches such as a
+DataLoader (:func:`geomkit.geometry._inputs.as_data`), streamed once: the batches are
+regrouped into the fixed chunks below by example index, so a DataLoader gives the same
+accuracies as the equivalent tensors, whatever its batch size.  The corruptions run where
+the data lie (a DataLoader's batches: the CPU), the model where ``device`` says.  The model
+may return a tuple, a dict or an object with ``.logits``
+(:func:`geomkit.geometry._inputs.logits_of`).
 
 **Determinism.**  The examples are corrupted in fixed chunks of :data:`CHUNK` examples;
 chunk :math:`k` of corruption :math:`c` at severity :math:`s` draws its noise from a CPU
@@ -32,7 +41,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +52,7 @@ import torch.nn as nn
 from geomkit import distributed
 from geomkit.data import CORRUPTIONS, DataSpec, corrupt, corrupt_normalized
 from geomkit.errors import DataError, SpecError
+from geomkit.geometry._inputs import AnalysisData, as_data, logits_of
 from geomkit.geometry._work import converted_copy, run_device_for
 
 __all__ = ["CHUNK", "RobustnessResult", "robustness", "checkpoint_robustness"]
@@ -117,10 +127,44 @@ def _mean_std(
         ) from None
 
 
+def _chunks(data: AnalysisData, first: int, stop: int,
+            size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(k, x, y)`` for the chunks ``k`` in ``[first, stop)``: examples
+    ``[k·size, (k+1)·size)`` (the last one short), read in one pass over the data.
+
+    Tensors give the slices themselves; an iterable's batches are cut at the chunk
+    boundaries and the pieces of one chunk concatenated."""
+    lo, hi = first * size, min(stop * size, data.n)
+    if data.tensors is not None:
+        x, y = data.tensors
+        for k in range(first, stop):
+            yield k, x[k * size : min((k + 1) * size, hi)], y[k * size : min((k + 1) * size, hi)]
+        return
+    k, xs, ys, have = first, [], [], 0
+    for x, y in data.batches(size, lo=lo, hi=hi):
+        while len(x):
+            take = min(size - have, len(x))
+            xs.append(x[:take])
+            ys.append(y[:take])
+            x, y, have = x[take:], y[take:], have + take
+            if have == size:
+                yield k, torch.cat(xs), torch.cat(ys)
+                k, xs, ys, have = k + 1, [], [], 0
+    if have:
+        yield k, torch.cat(xs), torch.cat(ys)
+
+
+def _labels(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Class indices: integer targets as they are, soft / one-hot targets their argmax."""
+    if y.is_floating_point() and y.ndim == logits.ndim:
+        return y.argmax(dim=-1)
+    return y
+
+
 def robustness(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    data: Any,
+    targets: torch.Tensor | None = None,
     *,
     normalization: DataSpec | tuple[Sequence[float], Sequence[float]] | None = None,
     corruptions: Sequence[str] = CORRUPTIONS,
@@ -131,13 +175,17 @@ def robustness(
     seed: int = 0,
     progress: bool = False,
 ) -> RobustnessResult:
-    """Top-1 accuracy of ``model`` on ``inputs`` clean and under every corruption.
+    """Top-1 accuracy of ``model`` on ``data`` clean and under every corruption.
 
     Args:
-        model: classifier returning logits ``(N, C)``; evaluated in eval mode and left
-            unchanged (its train/eval mode is restored).
-        inputs: test inputs ``N×C×H×W`` as the model sees them (normalized or not).
-        targets: integer labels ``(N,)``.
+        model: classifier returning logits ``(N, C)`` (or a tuple / dict / object holding
+            them); evaluated in eval mode and left unchanged (its train/eval mode is
+            restored).
+        data: test inputs ``N×C×H×W`` as the model sees them (normalized or not), with
+            ``targets``; or ``(inputs, targets)`` tensors; or any iterable of ``(x, y)``
+            batches (a DataLoader), streamed once.
+        targets: integer labels ``(N,)`` (or soft / one-hot ``(N, C)``: their argmax), when
+            ``data`` is an inputs tensor.
         normalization: how ``inputs`` were normalized: the ``DataSpec`` that produced
             them, an explicit ``(mean, std)`` pair, or None for un-normalized inputs in
             [0, 1].
@@ -158,10 +206,11 @@ def robustness(
         SpecError: a severity outside 1..5, no corruption or severity, bad batch size.
     """
     t0 = time.perf_counter()
-    if len(inputs) == 0:
-        raise DataError("robustness needs at least one test example")
-    if len(inputs) != len(targets):
-        raise DataError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+    if isinstance(data, torch.Tensor) and targets is not None:
+        if len(data) == 0:
+            raise DataError("robustness needs at least one test example")
+        if len(data) != len(targets):
+            raise DataError(f"inputs ({len(data)}) and targets ({len(targets)}) differ in length")
     corruptions = tuple(corruptions)
     severities = tuple(severities)
     for c in corruptions:
@@ -177,6 +226,7 @@ def robustness(
     if batch_size is not None and batch_size < 1:
         raise SpecError(f"batch_size must be >= 1, got {batch_size}")
     mean_std = _mean_std(normalization)
+    analysis = as_data(data, targets)
 
     first = next(model.parameters(), None)
     model_device = first.device if first is not None else torch.device("cpu")
@@ -189,8 +239,9 @@ def robustness(
     if run_device != model_device or run_dtype != model_dtype:
         work = converted_copy(model, run_device, run_dtype)
 
-    n = len(inputs)
-    n_chunks = (n + CHUNK - 1) // CHUNK
+    n = analysis.n
+    chunk_size = CHUNK
+    n_chunks = (n + chunk_size - 1) // chunk_size
     my_chunks = distributed.shard_range(n_chunks)
     pairs = [(c, s) for c in corruptions for s in severities]
     # correct counts: [clean, pair_0, pair_1, ...]
@@ -202,7 +253,8 @@ def robustness(
         for i in range(0, len(x), step):
             xb = x[i : i + step].to(run_device, run_dtype)
             yb = y[i : i + step].to(run_device)
-            hits += int((work(xb).argmax(dim=-1) == yb).sum())
+            logits = logits_of(work(xb))
+            hits += int((logits.argmax(dim=-1) == _labels(yb, logits)).sum())
         return float(hits)
 
     def corrupted(x: torch.Tensor, name: str, severity: int, chunk: int) -> torch.Tensor:
@@ -215,25 +267,23 @@ def robustness(
     if progress and distributed.is_main():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pairs) + 1, desc="robustness", unit="set", leave=False)
+        bar = tqdm(total=len(my_chunks) * (len(pairs) + 1), desc="robustness", unit="set",
+                   leave=False)
     modes = {m: m.training for m in work.modules()}
     try:
         work.eval()
         with torch.no_grad():
-            for k in my_chunks:
-                x = inputs[k * CHUNK : (k + 1) * CHUNK]
-                y = targets[k * CHUNK : (k + 1) * CHUNK]
+            # one pass over the data: every (corruption, severity) of a chunk, chunk by chunk
+            # (the counts are integers, so the order of the sums does not matter)
+            for k, x, y in _chunks(analysis, my_chunks.start, my_chunks.stop, chunk_size):
                 correct[0] += count(x, y)
-            if bar is not None:
-                bar.update(1)
-            for j, (name, severity) in enumerate(pairs, start=1):
-                for k in my_chunks:
-                    x = inputs[k * CHUNK : (k + 1) * CHUNK]
-                    y = targets[k * CHUNK : (k + 1) * CHUNK]
-                    correct[j] += count(corrupted(x, name, severity, k), y)
                 if bar is not None:
-                    bar.set_postfix_str(f"{name}/{severity}")
                     bar.update(1)
+                for j, (name, severity) in enumerate(pairs, start=1):
+                    correct[j] += count(corrupted(x, name, severity, k), y)
+                    if bar is not None:
+                        bar.set_postfix_str(f"{name}/{severity}")
+                        bar.update(1)
     finally:
         for m, mode in modes.items():
             m.training = mode

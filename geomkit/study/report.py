@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from geomkit.io import atomic_write_text
 from geomkit.study.config import StudyConfig
 from geomkit.study.view import COLUMN_TITLES, COLUMNS, StudyView, lambda_columns, open_study
 
@@ -165,6 +166,11 @@ def _label(g: list[dict[str, Any]]) -> str:
     return f"{r['model']}-{r['optimizer']}{sub}{seeds}"
 
 
+def _pct(v: float | None) -> float:
+    """A fraction in percent; a missing one (NaN written as null in study.json) is NaN."""
+    return math.nan if v is None else 100 * v
+
+
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown pipe table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -297,7 +303,7 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
            else "all") + " test examples.",
         "",
         md_table(["run", "epochs", "test acc (%)", "train loss", "train s"],
-                 [[r["run"], r["epochs"], _g(100 * r["test_acc"], 4), _g(r["train_loss"]),
+                 [[r["run"], r["epochs"], _g(_pct(r.get("test_acc")), 4), _g(r["train_loss"]),
                    _g(r["train_seconds"])] for r in rows]),
         "",
         "## Findings",
@@ -424,7 +430,5 @@ def write_report(config: StudyConfig, out_dir: str | Path, runs: Sequence[Any] =
     md = report_markdown(view, config, figures, timings)
     for name, text in (("report.md", md),
                        ("report.html", markdown_to_html(md, f"geomkit study {config.name}"))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)
     return figures, out_dir / "report.md"

@@ -19,8 +19,6 @@ the selected stages.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,9 +119,10 @@ def parse_stages(stages: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    """Valid JSON, written atomically (:func:`geomkit.io.write_json`: NaN as null)."""
+    from geomkit.io import write_json
+
+    write_json(path, obj, indent=1)
 
 
 # -- stage 1: training ---------------------------------------------------------------------

@@ -8,8 +8,6 @@ work unless ``force``.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,34 +48,46 @@ def density_for_run(run: Any, path: Path, config: StudyConfig, *, force: bool = 
                     progress: bool = False) -> Path:
     """The whole-model Hessian spectral density (SLQ) of one run, written atomically.
 
-    A file whose checkpoint hash and settings match is reused.
+    The file (format ``geomkit-density/1``, :mod:`geomkit.io`) is reused when its
+    checkpoint hash and settings match; an older one is replaced, a file that is not a
+    density file (another format, not HDF5, damaged) is refused and left untouched.
     """
-    import h5py
-
     from geomkit.checkpoint import load_checkpoint
     from geomkit.geometry.spectrum import spectral_density
-    from geomkit.provenance import file_sha256, provenance
+    from geomkit.io import (
+        DENSITY_FORMAT,
+        atomic_h5,
+        attr,
+        check_replace,
+        dumps_json,
+        now_utc,
+        open_h5,
+        set_provenance,
+    )
+    from geomkit.provenance import file_sha256
 
     a = config.analysis
     sha = file_sha256(run.checkpoint)
-    settings = json.dumps({"samples": a.density_samples, "probes": a.density_probes,
+    settings = dumps_json({"samples": a.density_samples, "probes": a.density_probes,
                            "iter": a.density_iter, "seed": 0, "block": "whole"}, sort_keys=True)
+    # files written before densities had a format tag have none: still geomkit's
+    check_replace(path, DENSITY_FORMAT, untagged=True)
     if path.exists() and not force:
         try:
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("checkpoint_sha256") == sha and f.attrs.get("settings") == settings:
+            with open_h5(path, "r", kind=DENSITY_FORMAT, untagged=True) as f:
+                if attr(f, "checkpoint_sha256") == sha and attr(f, "settings") == settings:
                     return path
-        except OSError:
-            pass
+        except ResultFileError:
+            pass  # damaged: computed again below
     _log(progress, f"density: {run.name}")
     ck = load_checkpoint(run.checkpoint)
     n = min(a.density_samples, len(ck.analysis_data("train")[0]))
     x, y = ck.analysis_data("train", n)
     d = spectral_density(ck.model, x, y, blocks=("whole",), n_probes=a.density_probes,
                          n_iter=a.density_iter, n_grid=400, seed=0)["whole"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
+        f.attrs["format"] = DENSITY_FORMAT
+        f.attrs["created"] = now_utc()
         for k in ("grid", "density", "nodes", "weights"):
             f.create_dataset(k, data=getattr(d, k).detach().cpu().double().numpy())
         f.attrs["sigma"] = float(d.sigma)
@@ -88,8 +98,7 @@ def density_for_run(run: Any, path: Path, config: StudyConfig, *, force: bool = 
         f.attrs["settings"] = settings
         f.attrs["checkpoint"] = str(Path(run.checkpoint).resolve())
         f.attrs["checkpoint_sha256"] = sha
-        f.attrs["provenance"] = json.dumps(provenance())
-    os.replace(tmp, path)
+        set_provenance(f)
     return path
 
 

@@ -49,16 +49,26 @@ class Density:
 
 
 def read_density(path: str | Path) -> Density:
-    """Read ``density/<run>.h5`` (plain h5py datasets ``grid``, ``density``, ...)."""
-    import h5py
+    """Read ``density/<run>.h5`` (format ``geomkit-density/1``, or an untagged file from
+    before the tag; plain h5py datasets ``grid``, ``density``, ``nodes``, ``weights``).
+
+    Raises:
+        ResultFileError: one line: missing, not HDF5, damaged, another format, or a
+            dataset missing.
+    """
+    from geomkit.io import DENSITY_FORMAT, attr, get_provenance, open_h5
 
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            return Density(f["grid"][...], f["density"][...], f["nodes"][...], f["weights"][...],
-                           {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()})
-    except (OSError, KeyError) as e:
-        raise ResultFileError(f"{path} is not a readable density file: {e}") from None
+    with open_h5(path, "r", kind=DENSITY_FORMAT, untagged=True) as f:
+        missing = [k for k in ("grid", "density", "nodes", "weights") if k not in f]
+        if missing:
+            raise ResultFileError(f"{path} is not a readable density file: no "
+                                  f"{', '.join(missing)}")
+        attrs = {k: attr(f, k) for k in f.attrs}
+        if "provenance" in attrs:
+            attrs["provenance"] = get_provenance(f)
+        return Density(f["grid"][...], f["density"][...], f["nodes"][...], f["weights"][...],
+                       attrs)
 
 
 @dataclass(frozen=True)

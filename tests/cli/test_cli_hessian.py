@@ -43,11 +43,15 @@ def test_json_matches_library(ckpt, capsys):
                         tol=1e-6, smallest=True)
     for b, e in want.blocks.items():
         d = got["blocks"][b]
-        for key in ("lambda_max", "params", "hvps", "seconds", "lambda_min", "residual"):
+        # the machine keys of the analyze `hessian` measurement (geomkit.measurements.hessian)
+        for key in ("lambda_max", "n_params", "n_hvps", "seconds", "lambda_min", "residual",
+                    "converged"):
             assert key in d
         assert d["lambda_max"] == e.lambda_max  # same seed, CPU: bitwise
         assert d["lambda_min"] == e.lambda_min
-        assert d["params"] == e.n_params and d["hvps"] == e.n_hvps
+        assert d["n_params"] == e.n_params and d["n_hvps"] == e.n_hvps
+        assert d["residual"] == e.residual and d["converged"] == e.converged
+        assert "params" not in d and "hvps" not in d  # one key set, not two
     assert got["settings"]["tol"] == 1e-6 and got["settings"]["bn"] == "eval"
 
 
@@ -80,7 +84,9 @@ def test_out_writes_hdf5_with_provenance_and_density(ckpt, capsys, tmp_path):
         g = f["blocks/whole"]
         assert g.attrs["lambda_max"] == got["blocks"]["whole"]["lambda_max"]
         assert g.attrs["trace"] == got["blocks"]["whole"]["trace"]
-        assert g["eigenvectors"].shape == (1, got["blocks"]["whole"]["params"])
+        assert g["eigenvectors"].shape == (1, got["blocks"]["whole"]["n_params"])
+        for key in ("lambda_max", "residual", "n_hvps", "n_params", "converged"):
+            assert g.attrs[key] == got["blocks"]["whole"][key]
         assert len(g["param_names"]) > 0
         d = g["density"]
         assert abs(float(torch.trapezoid(torch.from_numpy(d["density"][()]),
@@ -108,3 +114,71 @@ def test_user_errors_exit_2_with_one_line(ckpt, capsys, argv, match):
 def test_missing_checkpoint_exit_2(capsys, tmp_path):
     rc, _, err = _run(capsys, ["hessian", str(tmp_path / "none.pt")])
     assert rc == 2 and err.startswith("geomkit: error:") and err.count("\n") == 1
+
+
+def test_out_keys_are_the_analyze_hessian_keys(ckpt, capsys, tmp_path):
+    from geomkit.io.hessian import BLOCK_KEYS, load_hessian
+    from geomkit.measurements import hessian as hessian_measurement
+
+    schema = set(hessian_measurement.MEASUREMENT.schema)
+    assert set(BLOCK_KEYS) <= schema  # lambda_max, residual, n_hvps, n_params, converged
+    out_path = tmp_path / "h.h5"
+    rc, out, _ = _run(capsys, ["hessian", str(ckpt), "--samples", str(N), "--blocks", "whole",
+                               "--out", str(out_path), "--json"])
+    assert rc == 0
+    got = json.loads(out)
+    back = load_hessian(out_path)
+    assert back["format"] == "geomkit-hessian/2" and back["samples"] == N
+    assert back["settings"] == got["settings"]
+    for key in BLOCK_KEYS:
+        assert back["blocks"]["whole"][key] == got["blocks"]["whole"][key]
+    assert list(back["blocks"]["whole"]["param_names"])
+    # a second run may replace its own hessian file
+    rc, _, _ = _run(capsys, ["hessian", str(ckpt), "--samples", str(N), "--blocks", "whole",
+                             "--out", str(out_path), "--json"])
+    assert rc == 0 and load_hessian(out_path)["blocks"]["whole"]["n_params"] > 0
+
+
+def _analyze_results_file(ckpt, path):
+    from geomkit.analyze import analyze
+
+    analyze([ckpt], path, measurements=["params"], progress=False)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["results", "landscape", "foreign", "text"])
+def test_out_refuses_to_replace_a_file_it_did_not_write(ckpt, capsys, tmp_path, kind):
+    target = tmp_path / "results.h5"
+    if kind == "results":
+        _analyze_results_file(ckpt, target)
+    elif kind == "landscape":
+        from geomkit.io import LANDSCAPE_FORMAT
+
+        with h5py.File(target, "w") as f:
+            f.attrs["format"] = LANDSCAPE_FORMAT
+            f.create_dataset("xcoordinates", data=[0.0])
+    elif kind == "foreign":
+        with h5py.File(target, "w") as f:
+            f.create_dataset("x", data=1)
+    else:
+        target.write_text("my notes")
+    before = target.read_bytes()
+    rc, out, err = _run(capsys, ["hessian", str(ckpt), "--samples", "4", "--blocks", "whole",
+                                 "--out", str(target)])
+    assert rc == 2 and out == ""
+    err = err.strip()
+    assert err.startswith("geomkit: error:") and "\n" not in err
+    assert "refusing to replace" in err and str(target) in err
+    assert target.read_bytes() == before  # byte-identical
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.h5"]  # no temporary left
+
+
+def test_out_on_analyze_results_exits_2_and_keeps_the_file(ckpt, capsys, tmp_path):
+    from geomkit.results import load_results
+
+    target = _analyze_results_file(ckpt, tmp_path / "results.h5")
+    before = target.read_bytes()
+    rc, _, err = _run(capsys, ["hessian", str(ckpt), "--out", str(target), "--json"])
+    assert rc == 2 and err.count("\n") == 1 and "results file" in err
+    assert target.read_bytes() == before
+    assert len(load_results(target)) == 1  # still the analyze results file

@@ -321,3 +321,95 @@ def test_shared_activation_module_counts_each_call_site():
     assert layer.neurons == 8
     assert layer.active == sum(int((t > 0).sum()) for t in seen)
     assert layer.dead == sum(int((~(t > 0).any(0)).sum()) for t in seen)
+
+
+# ---------------------------------------------------------------- data and outputs
+
+
+def _same_stats(got, want, rel: float | None = None) -> None:
+    """Counts exactly; norms bitwise (``rel=None``) or to ``rel``."""
+    assert got.samples == want.samples and got.layers == want.layers
+    assert (got.active, got.values, got.neurons, got.dead) == (
+        want.active, want.values, want.neurons, want.dead)
+    assert list(got.blocks) == list(want.blocks) and got.weight_norm == want.weight_norm
+    for k, b in got.blocks.items():
+        w = want.blocks[k]
+        assert (b.active, b.values, b.dead, b.weight_norm) == (w.active, w.values, w.dead,
+                                                               w.weight_norm)
+        if rel is None:
+            assert b.output_norm == w.output_norm, k
+        else:
+            assert b.output_norm == pytest.approx(w.output_norm, rel=rel), k
+
+
+def test_uneven_dataloader_gives_the_same_statistics(device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    c = make_case("vit1", n=10).to(device)
+    x, y = c.inputs.cpu(), c.targets.cpu()  # a loader's batches come from the CPU
+    ref = activation_stats(c.model, c.inputs, batch_size=3)  # batches 3, 3, 3, 1
+    # the same batches (3, 3, 3, 1): the same sums in the same order, bitwise on the CPU
+    # (on CUDA too: each batch's norms are the same kernels on the same values)
+    for data in (DataLoader(TensorDataset(x, y), batch_size=3),
+                 DataLoader(TensorDataset(x), batch_size=3),  # bare inputs
+                 ((x[i : i + 3], y[i : i + 3]) for i in range(0, 10, 3))):  # one-shot
+        _same_stats(activation_stats(c.model, data, batch_size=3), ref)
+    # other batchings: counts exact, the float64 norm means to rounding (1e-12)
+    whole = activation_stats(c.model, c.inputs, batch_size=None)
+    _same_stats(activation_stats(c.model, DataLoader(TensorDataset(x, y), batch_size=3),
+                                 batch_size=None), whole, rel=1e-12)
+    _same_stats(activation_stats(c.model, DataLoader(TensorDataset(x), batch_size=4),
+                                 batch_size=2), whole, rel=1e-12)
+    with pytest.raises(DataError, match="given twice"):
+        activation_stats(c.model, DataLoader(TensorDataset(x, y)), y)
+
+
+def test_sharded_ranks_over_a_dataloader(monkeypatch, device):
+    """Two simulated torchrun ranks over an uneven loader: each rank's accumulators are the
+    tensor path's for the same shard, and together they give the single-process result."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    c = make_case("vit1", n=7).to(device)
+    loader = DataLoader(TensorDataset(c.inputs.cpu(), c.targets.cpu()), batch_size=3)
+    ref = activation_stats(c.model, c.inputs, batch_size=3)
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+
+    def run_as(rank: int, data, label: str, add: torch.Tensor | None = None):
+        def reduce(t):
+            captured[(label, rank)] = t.clone()
+            return t.add_(add) if add is not None else t
+
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
+        monkeypatch.setattr(act_mod.distributed, "all_reduce_sum", reduce)
+        return activation_stats(c.model, data, batch_size=3)
+
+    for rank in (0, 1):  # shards [0, 4) and [4, 7): rank 1's crosses the loader's batches
+        run_as(rank, c.inputs, "tensor")
+        run_as(rank, loader, "loader")
+        got, want = captured[("loader", rank)], captured[("tensor", rank)]
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+        assert torch.equal(got[:1], want[:1])  # the example count
+    s = run_as(0, loader, "sum", add=captured[("loader", 1)])
+    assert s.samples == 7 and s.layers == ref.layers
+    for k, b in s.blocks.items():
+        assert b.output_norm == pytest.approx(ref.blocks[k].output_norm, rel=1e-13)
+
+
+class _DictOut(TwoBlockMLP):
+    def forward(self, x):
+        return {"logits": super().forward(x), "features": x}
+
+
+class _TupleOut(TwoBlockMLP):
+    def forward(self, x):
+        return super().forward(x), x
+
+
+@pytest.mark.parametrize("cls", [_DictOut, _TupleOut])
+def test_dict_and_tuple_outputs_do_not_matter(cls, device):
+    plain = TwoBlockMLP().to(DT).to(device)
+    other = cls().to(DT).to(device)
+    other.load_state_dict(plain.state_dict())
+    _same_stats(activation_stats(other, X.to(device), batch_size=3),
+                activation_stats(plain, X.to(device), batch_size=3))

@@ -60,7 +60,8 @@ def test_losses_per_example():
                                F.cross_entropy(logits, y, reduction="none"))
     torch.testing.assert_close(resolve_loss("ce:0.1")(logits, y),
                                F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1))
-    torch.testing.assert_close(resolve_loss("ce", 0.1)(logits, y), resolve_loss("ce:0.1")(logits, y))
+    torch.testing.assert_close(resolve_loss("ce", 0.1)(logits, y),
+                               resolve_loss("ce:0.1")(logits, y))
     bce = -(onehot * F.logsigmoid(logits) + (1 - onehot) * F.logsigmoid(-logits)).sum(1)
     torch.testing.assert_close(resolve_loss("bce")(logits, y), bce)
     torch.testing.assert_close(resolve_loss("mse")(logits, y), ((logits - onehot) ** 2).sum(1))

@@ -306,3 +306,133 @@ def test_hessian_directions_are_the_dense_top_eigenvectors(device):
     for k in range(2):
         v = torch.cat([d[k][n].cpu().flatten() for n in names])
         assert abs(float(v @ vecs[:, -1 - k])) == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- data, losses, outputs
+
+
+def test_uneven_dataloader_gives_the_same_surface(device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    case = make_case("cnn_bn", n=10)
+    dirs = random_directions(case.model, 2, seed=0)  # CPU directions
+    model = case.to(device).model
+    x, y = case.inputs, case.targets
+    g = Grid((-1, 1, 3), (-1, 1, 3))
+    for ppc in (1, 4):  # the in-place loop and the vmap path
+        ref = loss_landscape(model, x, y, dirs, g, batch_size=3, points_per_call=ppc)
+        # the same batches 3, 3, 3, 1 in the same order: the same sums, bitwise (CPU and CUDA)
+        for data in (DataLoader(TensorDataset(x, y), batch_size=3),
+                     ((x[i : i + 3], y[i : i + 3]) for i in range(0, 10, 3))):  # one-shot
+            surf = loss_landscape(model, data, dirs, g, batch_size=3, points_per_call=ppc)
+            np.testing.assert_array_equal(surf.loss, ref.loss)
+            np.testing.assert_array_equal(surf.acc, ref.acc)
+        # other batchings (one batch of 10 against the loader's 3, 3, 3, 1): float64 rounding
+        whole = loss_landscape(model, x, y, dirs, g, points_per_call=ppc)
+        loader = DataLoader(TensorDataset(x, y), batch_size=3)
+        surf = loss_landscape(model, loader, directions=dirs, grid=g, points_per_call=ppc)
+        np.testing.assert_allclose(surf.loss, whole.loss, rtol=1e-10, atol=0)
+        np.testing.assert_array_equal(surf.acc, whole.acc)
+    coords = g.coords([0, 4, 8])
+    loader = DataLoader(TensorDataset(x, y), batch_size=3)
+    got = evaluate_points(model, loader, dirs, coords, batch_size=3)
+    want = evaluate_points(model, x, y, dirs, coords, batch_size=3)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert evaluate(model, loader, batch_size=3) == evaluate(model, x, y, batch_size=3)
+    assert evaluate(model, (x, y), batch_size=3) == evaluate(model, x, y, batch_size=3)
+
+
+def _hand_loss(name, out, y):
+    """Per-example losses written out: the oracle of each loss name."""
+    onehot = F.one_hot(y, out.shape[1]).to(out.dtype)
+    if name == "bce":
+        return -(onehot * F.logsigmoid(out) + (1 - onehot) * F.logsigmoid(-out)).sum(1)
+    if name == "mse":
+        return ((out - onehot) ** 2).sum(1)
+    if name == "ce:0.2":  # (1 - ε) CE + ε · mean over classes of -log p
+        logp = torch.log_softmax(out, 1)
+        return -0.8 * logp.gather(1, y[:, None])[:, 0] - 0.2 * logp.mean(1)
+    raise AssertionError(name)
+
+
+def _margin(out, y):
+    """A callable loss: the multiclass hinge, one value per example."""
+    true = out.gather(1, y[:, None])
+    return torch.relu(1 + out - true).sum(1) - 1
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse", "ce:0.2", "callable"])
+def test_other_losses_match_a_hand_written_evaluation(loss, device):
+    case = make_case("vit1", n=10)
+    dirs = random_directions(case.model, 2, seed=1)
+    model = case.to(device).model
+    g = Grid((-1, 1, 3), (-0.5, 0.5, 3))
+    spec = _margin if loss == "callable" else loss
+    for ppc in (1, 3):
+        surf = loss_landscape(model, case.inputs, case.targets, dirs, g, loss=spec,
+                              batch_size=4, points_per_call=ppc)
+        for k in (0, 4, 7):  # a few grid points, the center among them
+            i, j = divmod(k, 3)
+            a, b = g.xcoordinates[j], g.ycoordinates[i]
+            m = copy.deepcopy(case.model).eval()  # the oracle: float64 on the CPU, all at once
+            with torch.no_grad():
+                for n, p in m.named_parameters():
+                    p.add_(a * dirs[0][n] + b * dirs[1][n])
+                out = m(case.inputs)
+            per = _margin(out, case.targets) if loss == "callable" else _hand_loss(
+                loss, out, case.targets)
+            assert surf.loss[i, j] == pytest.approx(per.mean().item(), rel=1e-12, abs=1e-12)
+            acc = 100.0 * (out.argmax(1) == case.targets).double().mean().item()
+            assert surf.acc[i, j] == pytest.approx(acc)
+    # label_smoothing= is the same loss as the "ce:ε" spec, and the center is evaluate()'s
+    a = loss_landscape(model, case.inputs, case.targets, dirs, g, loss="ce", label_smoothing=0.2)
+    b = loss_landscape(model, case.inputs, case.targets, dirs, g, loss="ce:0.2")
+    np.testing.assert_array_equal(a.loss, b.loss)
+    center = evaluate(model, case.inputs, case.targets, loss=spec)[0]
+    plain = loss_landscape(model, case.inputs, case.targets, dirs, g, loss=spec)
+    assert plain.loss[1, 1] == center
+
+
+def test_soft_targets_accuracy_is_their_argmax(device):
+    case = make_case("mlp", n=10)
+    dirs = random_directions(case.model, 1, seed=0)
+    dev = case.to(device)
+    soft = F.one_hot(dev.targets, 3).double() * 0.7 + 0.1  # mixup-like rows, argmax = label
+    g = Grid((-1, 1, 5))
+    for ppc in (1, 5):
+        hard = loss_landscape(dev.model, dev.inputs, dev.targets, dirs, g, loss="mse",
+                              points_per_call=ppc)
+        surf = loss_landscape(dev.model, dev.inputs, soft, dirs, g, loss="mse",
+                              points_per_call=ppc)
+        np.testing.assert_array_equal(surf.acc, hard.acc)
+        assert not np.allclose(surf.loss, hard.loss)  # the soft targets do enter the loss
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, inner, kind):
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        out = self.inner(x)
+        return {"logits": out, "aux": out.sum()} if self.kind == "dict" else (out, x)
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_dict_and_tuple_outputs_give_the_plain_surface(kind, device):
+    case = make_case("vit1", n=10)
+    dirs = random_directions(case.model, 2, seed=0)
+    model = case.to(device).model
+    wrapped = _Wrapped(model, kind)
+    wdirs = [{f"inner.{k}": v for k, v in d.items()} for d in dirs]
+    g = Grid((-1, 1, 3), (-1, 1, 3))
+    for ppc in (1, 4):
+        ref = loss_landscape(model, case.inputs, case.targets, dirs, g, batch_size=4,
+                             points_per_call=ppc)
+        surf = loss_landscape(wrapped, case.inputs, case.targets, wdirs, g, batch_size=4,
+                              points_per_call=ppc)
+        # the same parameters and forward, the logits picked out of the output: bitwise
+        np.testing.assert_array_equal(surf.loss, ref.loss)
+        np.testing.assert_array_equal(surf.acc, ref.acc)
+    _assert_same_state(model, _state(case.to(device).model))

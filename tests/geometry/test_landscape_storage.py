@@ -349,3 +349,79 @@ def test_two_processes_give_the_single_process_surface(tmp_path):
     assert merged.complete and merged.attrs["shard"] == "0/1"
     np.testing.assert_array_equal(merged.loss, full.loss)
     np.testing.assert_array_equal(merged.acc, full.acc)
+
+
+def test_the_surface_type_and_reader_live_in_the_io_layer(tmp_path):
+    import geomkit.geometry.landscape as gl
+    import geomkit.io.landscape as il
+
+    assert gl.Landscape is il.Landscape and gl.read_landscape is il.read_landscape
+    case, dirs = _case()
+    mem = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID, batch_size=8)
+    assert isinstance(mem, il.Landscape)
+    res = compute_landscape(tmp_path / "s.h5", case.model, case.inputs, case.targets, dirs,
+                            GRID, spec=SPEC)
+    assert isinstance(res, il.Landscape) and isinstance(read_landscape(res.path), il.Landscape)
+    with h5py.File(res.path, "r") as f:
+        assert f.attrs["format"] == "geomkit-landscape-1"
+
+
+def test_files_geomkit_did_not_write_are_never_replaced(tmp_path):
+    from geomkit.results import ResultsFile
+
+    case, dirs = _case()
+    parts = []
+    for i in range(2):
+        p = shard_path(tmp_path / "surf.h5", i, 2)
+        compute_landscape(p, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC,
+                          shard=(i, 2))
+        parts.append(p)
+    results = tmp_path / "results.h5"
+    ResultsFile(results)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f.create_dataset("xcoordinates", data=[0.0])
+    text = tmp_path / "notes.h5"
+    text.write_text("notes")
+    for target in (results, foreign, text):
+        before = target.read_bytes()
+        with pytest.raises(ResultFileError) as e:
+            merge_shards(parts, target)
+        assert "\n" not in str(e.value) and str(target) in str(e.value)
+        with pytest.raises(ResultFileError) as e:
+            compute_landscape(target, case.model, case.inputs, case.targets, dirs, GRID,
+                              spec=SPEC)
+        assert "\n" not in str(e.value)
+        assert target.read_bytes() == before
+
+
+def test_full_disk_at_creation_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+
+    from geomkit.geometry.landscape import storage
+
+    def full(directions):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "directions_sha256", full)
+    case, dirs = _case()
+    path = tmp_path / "surf.h5"
+    with pytest.raises(ResultFileError) as e:
+        compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+    assert str(e.value) == f"cannot write {path}: no space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_landscape_file_is_one_line(tmp_path):
+    case, dirs = _case()
+    path = tmp_path / "surf.h5"
+    compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"GCOL")  # the global heap of the string attributes
+    assert at > 0
+    data[at:at + 8] = b"\xff" * 8
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ResultFileError) as e:
+        read_landscape(bad)
+    assert "\n" not in str(e.value) and str(bad) in str(e.value)

@@ -240,3 +240,95 @@ def test_ntk_at_init_mean_and_std_over_seeds(device):
     assert isinstance(res.results[0], NTKResult)
     with pytest.raises(SpecError):
         ntk_at_init(factory, x, repeats=0)
+
+
+# --------------------------------------------------------------------------- data and outputs
+
+
+def assert_same_kernel(got: NTKResult, want: NTKResult, device: torch.device, msg="") -> None:
+    """Bitwise on the CPU (the same arithmetic on the same tensors); on CUDA, whose reductions
+    (cuDNN's convolution backward) need not be deterministic, to 1e-10 in float64."""
+    if device.type == "cpu":
+        np.testing.assert_array_equal(got.kernel, want.kernel, err_msg=msg)
+        assert got.kappa == want.kappa, msg
+    else:
+        assert_kernel_close(got.kernel, want.kernel, rtol=1e-10)
+        assert got.kappa == pytest.approx(want.kappa, rel=1e-8), msg
+
+
+class _Wrapped(nn.Module):
+    """The same network returning a dict ``{"logits": ...}`` or a tuple ``(logits, extra)``."""
+
+    def __init__(self, inner: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        out = self.inner(x)
+        return {"logits": out, "aux": out.sum()} if self.kind == "dict" else (out, x)
+
+
+@pytest.mark.parametrize("name,bn", [("mlp", "eval"), ("cnn_bn", "train")])
+def test_uneven_dataloader_and_bare_input_batches_give_the_same_kernel(name, bn, device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    case = make_case(name, n=10).to(device)
+    x, y = case.inputs, case.targets
+    ref = ntk(case.model, x, mode="trace", bn=bn)
+    # the batches are gathered into the very tensor ``x`` before any arithmetic: bitwise on
+    # the CPU (assert_same_kernel)
+    sources = {
+        "(x, y) loader, batches 3+3+3+1": DataLoader(TensorDataset(x, y), batch_size=3),
+        "bare-x loader": DataLoader(TensorDataset(x), batch_size=3),
+        "list of x batches": [x[:3], x[3:6], x[6:9], x[9:]],
+        "(x, y) tensors": (x, y),
+        "generator": ((x[i : i + 4], y[i : i + 4]) for i in range(0, 10, 4)),
+    }
+    for label, data in sources.items():
+        res = ntk(case.model, data, mode="trace", bn=bn)
+        assert_same_kernel(res, ref, device, label)
+        assert res.n_samples == 10, label
+    # the first n examples, across a batch boundary
+    first7 = ntk(case.model, DataLoader(TensorDataset(x, y), batch_size=3), n=7, bn=bn)
+    assert_same_kernel(first7, ntk(case.model, x[:7], bn=bn), device)
+    assert_same_kernel(ntk(case.model, x, n=7, bn=bn), first7, device)
+    assert first7.n_samples == 7
+    with pytest.raises(SpecError, match="n must be"):
+        ntk(case.model, x, n=0)
+
+
+def test_ntk_at_init_reads_a_loader_once(device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = make_case("mlp", n=N).inputs.to(device)
+
+    def factory(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3))
+        return model.double().to(device)
+
+    ref = ntk_at_init(factory, x, repeats=2, seed=1, bn="eval")
+    once = ((x[i : i + 4],) for i in range(0, N, 4))  # one-shot, bare inputs
+    for data in (DataLoader(TensorDataset(x), batch_size=4), once):
+        res = ntk_at_init(factory, data, repeats=2, seed=1, bn="eval")
+        for got, want in zip(res.results, ref.results, strict=True):
+            assert_same_kernel(got, want, device)
+    sub = ntk_at_init(factory, x, n=4, repeats=2, seed=1, bn="eval")
+    assert sub.n_samples == 4
+    for got, want in zip(sub.results, ntk_at_init(factory, x[:4], repeats=2, seed=1,
+                                                  bn="eval").results, strict=True):
+        assert_same_kernel(got, want, device)
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+@pytest.mark.parametrize("name,bn", [("vit1", "eval"), ("cnn_bn", "train")])
+def test_dict_and_tuple_outputs_give_the_plain_kernel(kind, name, bn, device):
+    case = make_case(name, n=N).to(device)
+    wrapped = _Wrapped(case.model, kind)
+    for mode in ("sum", "full"):
+        ref = ntk(case.model, case.inputs, mode=mode, bn=bn)
+        res = ntk(wrapped, case.inputs, mode=mode, bn=bn)
+        # the same parameters, the same forward, the logits picked out of the output: bitwise
+        # on the CPU
+        assert_same_kernel(res, ref, device)
+        assert res.n_outputs == 3 and res.n_params == ref.n_params

@@ -157,3 +157,79 @@ def test_checkpoint_robustness_uses_test_split(tmp_path, device):
     ref = rob.robustness(ck.model, x[:40], y[:40], normalization=SPEC,
                          corruptions=("pixelate",), severities=(2,))
     assert r.n_samples == 40 and r.accuracy == ref.accuracy and r.clean == ref.clean
+
+
+# ---------------------------------------------------------------- data and outputs
+
+_NAMES = ("gaussian_noise", "impulse_noise", "contrast")
+
+
+def test_uneven_dataloader_gives_the_same_accuracies(data, monkeypatch, device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    monkeypatch.setattr(rob, "CHUNK", 50)  # chunks [0, 50), [50, 100), [100, 120)
+    x, y = data
+    m = _model().to(device)
+    kw = dict(normalization=SPEC, corruptions=_NAMES, severities=(1, 4), seed=7, batch_size=16)
+    ref = rob.robustness(m, x, y, **kw)
+    # loader batches of 7 and 3 cross every chunk boundary; the chunks are regrouped from them,
+    # so each chunk holds the same examples and draws the same noise: the counts are equal
+    for bs in (7, 3, 120):
+        r = rob.robustness(m, DataLoader(TensorDataset(x, y), batch_size=bs), **kw)
+        assert r.clean == ref.clean and r.accuracy == ref.accuracy, bs
+        assert r.mean_corrupted == ref.mean_corrupted and r.n_samples == 120
+    r = rob.robustness(m, ((x[i : i + 13], y[i : i + 13]) for i in range(0, 120, 13)), **kw)
+    assert r.accuracy == ref.accuracy  # a one-shot generator, read once
+    assert rob.robustness(m, (x, y), **kw).accuracy == ref.accuracy  # a pair of tensors
+    with pytest.raises(DataError, match="targets are needed"):
+        rob.robustness(m, x)
+
+
+def test_sharded_ranks_over_a_dataloader(data, monkeypatch, device):
+    """Two simulated torchrun ranks (chunks 0-1 and 2): the same counts from a loader as from
+    the tensors, adding up to the single-process accuracies."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from geomkit import distributed
+
+    monkeypatch.setattr(rob, "CHUNK", 50)
+    x, y = data
+    m = _model().to(device)
+    kw = dict(normalization=SPEC, corruptions=_NAMES, severities=(2,), seed=1)
+    ref = rob.robustness(m, x, y, **kw)
+    loader = DataLoader(TensorDataset(x, y), batch_size=7)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # active() stays False
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda r=rank: r)
+        a, b = rob.robustness(m, x, y, **kw), rob.robustness(m, loader, **kw)
+        assert a.clean == b.clean and a.accuracy == b.accuracy, rank
+        parts.append(b)
+    assert parts[0].clean + parts[1].clean == pytest.approx(ref.clean, rel=1e-12)
+    for c in _NAMES:
+        assert parts[0].accuracy[c][0] + parts[1].accuracy[c][0] == pytest.approx(
+            ref.accuracy[c][0], rel=1e-12)
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, inner, kind):
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        out = self.inner(x)
+        return {"logits": out} if self.kind == "dict" else (out, out.detach())
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_dict_and_tuple_outputs_and_soft_targets(data, kind, device):
+    x, y = data
+    m = _model().to(device)
+    kw = dict(normalization=SPEC, corruptions=_NAMES, severities=(3,), seed=2)
+    ref = rob.robustness(m, x, y, **kw)
+    r = rob.robustness(_Wrapped(m, kind), x, y, **kw)
+    assert r.clean == ref.clean and r.accuracy == ref.accuracy
+    # one-hot (soft) targets: the label is their argmax
+    soft = nn.functional.one_hot(y, 10).float() * 0.9 + 0.01
+    r = rob.robustness(m, x, soft, **kw)
+    assert r.clean == ref.clean and r.accuracy == ref.accuracy

@@ -4,8 +4,18 @@ For every grid point ``(a, b)`` the model's parameters are overwritten in place
 with ``theta + a*d1 + b*d2`` and the model is evaluated (eval mode,
 ``torch.inference_mode``) on the analysis data:
 
-    L(a, b) = (1/N) sum_n CE(f(x_n; theta + a d1 + b d2), y_n)
+    L(a, b) = (1/N) sum_n loss(f(x_n; theta + a d1 + b d2), y_n)
     acc(a, b) = 100/N * #{n : argmax f(x_n; ...) = y_n}        (percent, as the reference)
+
+``loss`` is cross-entropy by default, or any of :func:`geomkit.geometry._inputs.resolve_loss`
+(``ce`` with label smoothing, ``bce``, ``mse``, a per-example callable); ``y_n`` in the
+accuracy is the class of the target (the argmax of a soft / one-hot target).  The data are
+``(inputs, targets)`` tensors or any iterable of ``(x, y)`` batches such as a DataLoader
+(:func:`geomkit.geometry._inputs.as_data`): tensors are cut into batches once and kept on
+the device, an iterable is streamed again for every grid point (its own batches, split
+when larger than ``batch_size``); the per-batch loss sums are added and divided by N, so
+the batching changes a value by rounding only.  The model may return a tuple, a dict or an
+object with ``.logits`` (:func:`geomkit.geometry._inputs.logits_of`).
 
 Parameters whose directions are zero everywhere (1-D parameters under
 ``ignore="biasbn"``) are not touched; buffers never are.  At ``a = b = 0`` the saved
@@ -22,17 +32,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from geomkit.errors import SpecError
-from geomkit.geometry._batches import iter_batches
+from geomkit.geometry._inputs import (
+    AnalysisData,
+    as_data,
+    logits_of,
+    resolve_loss,
+    resolve_loss_sum,
+)
 from geomkit.geometry._work import run_device_for
+from geomkit.io.landscape import Landscape  # the surface type lives in the I/O layer
 
 from .directions import Direction
 
@@ -121,38 +138,6 @@ class Grid:
         return {"x": fmt(self.x), "y": fmt(self.y)}
 
 
-@dataclass(frozen=True, eq=False)
-class Landscape:
-    """A (possibly partial) loss surface.
-
-    ``loss``/``acc``/``done`` are shaped ``[len(y), len(x)]`` (``[len(x)]`` for a
-    line); ``acc`` is in percent; points not ``done`` hold NaN.  ``attrs`` holds the
-    run's spec and provenance; ``seconds`` the evaluation time of this run.
-    """
-
-    xcoordinates: np.ndarray
-    ycoordinates: np.ndarray | None
-    loss: np.ndarray
-    acc: np.ndarray
-    done: np.ndarray
-    attrs: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    path: str | None = None
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.done.all())
-
-    @property
-    def center_loss(self) -> float:
-        """Loss at the grid point nearest to the origin."""
-        j = int(np.argmin(np.abs(self.xcoordinates)))
-        if self.ycoordinates is None:
-            return float(self.loss[j])
-        i = int(np.argmin(np.abs(self.ycoordinates)))
-        return float(self.loss[i, j])
-
-
 def activations_per_example(model: nn.Module, example: torch.Tensor) -> int:
     """Number of elements output by the leaf modules for one example (one forward)."""
     total = 0
@@ -182,34 +167,70 @@ def auto_batch_size(
     ``[MIN_AUTO_BATCH, MAX_AUTO_BATCH]`` and to N.  Being a function of the
     architecture and input shape only, a resumed run uses the same batches.
     """
+    return _auto_batch_size(model, inputs[:1], len(inputs), device, dtype)
+
+
+def _auto_batch_size(model: nn.Module, first: torch.Tensor, n: int, device,
+                     dtype: torch.dtype | None) -> int:
+    """:func:`auto_batch_size` from the first example and the number of examples."""
     if device is None:  # where the model is (CPU inputs for a CUDA model are fine)
         p = next(model.parameters(), None)
-        device = p.device if p is not None else inputs.device
-    example = inputs[:1].to(device=device, dtype=dtype or inputs.dtype)
+        device = p.device if p is not None else first.device
+    example = first.to(device=device, dtype=dtype or first.dtype)
     act = activations_per_example(model, example)
     bs = MAX_AUTO_BATCH if act <= 0 else 1 << max(0, round(math.log2(ACTIVATION_BUDGET / act)))
-    return int(max(1, min(len(inputs), max(MIN_AUTO_BATCH, min(MAX_AUTO_BATCH, bs)))))
+    return int(max(1, min(n, max(MIN_AUTO_BATCH, min(MAX_AUTO_BATCH, bs)))))
 
 
-def _prepare_batches(model, inputs, targets, batch_size, device, dtype):
-    bs = (
-        auto_batch_size(model, inputs, device=device, dtype=dtype)
-        if batch_size is None
-        else int(batch_size)
-    )
-    return list(iter_batches(inputs, targets, bs, device=device, dtype=dtype, shard=False))
+class _Streamed:
+    """An iterable source's batches, read again on every pass (nothing kept)."""
+
+    def __init__(self, data: AnalysisData, batch_size: int, device, dtype) -> None:
+        self.data, self.batch_size, self.device, self.dtype = data, batch_size, device, dtype
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.data.batches(self.batch_size, device=self.device, dtype=self.dtype)
 
 
-def _loss_acc(model: nn.Module, batches, n: int) -> tuple[float, float]:
+def _prepare_batches(model, data: AnalysisData, batch_size, device,
+                     dtype) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    if batch_size is None:
+        first, _ = next(data.batches(1, lo=0, hi=1))
+        bs = _auto_batch_size(model, first, data.n, device, dtype)
+    else:
+        bs = int(batch_size)
+    if data.tensors is None:
+        return _Streamed(data, bs, device, dtype)
+    return list(data.batches(bs, device=device, dtype=dtype))
+
+
+def _labels(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Class indices: integer targets as they are, soft / one-hot targets their argmax."""
+    if y.is_floating_point() and y.ndim == logits.ndim:
+        return y.argmax(dim=-1)
+    return y
+
+
+def _loss_acc(model: nn.Module, batches, n: int, loss_sum) -> tuple[float, float]:
     loss = None
     correct = None
     for x, y in batches:
-        out = model(x)
-        l_ = F.cross_entropy(out, y, reduction="sum").double()
-        c_ = (out.argmax(dim=1) == y).sum()
+        out = logits_of(model(x))
+        l_ = loss_sum(out, y).double()
+        c_ = (out.argmax(dim=1) == _labels(y, out)).sum()
         loss = l_ if loss is None else loss + l_
         correct = c_ if correct is None else correct + c_
     return float(loss) / n, 100.0 * float(correct) / n
+
+
+def _data_and_dirs(data: Any, targets: Any, directions: Any, last: Any) -> tuple[Any, ...]:
+    """``(data, targets, directions, last)``, shifted left by one when ``targets`` holds the
+    directions (``f(model, loader, directions, coords_or_grid)``)."""
+    if last is None and targets is not None and not isinstance(targets, torch.Tensor):
+        return data, None, targets, directions
+    if directions is None or last is None:
+        raise SpecError("directions and coordinates are required")
+    return data, targets, directions, last
 
 
 class _ModelState:
@@ -240,22 +261,27 @@ class _ModelState:
 
 def evaluate(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    data: Any,
+    targets: torch.Tensor | None = None,
     *,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (percent) of the unperturbed model, in eval mode.
+    """Mean loss (cross-entropy by default) and accuracy (percent) of the unperturbed model,
+    in eval mode, on ``(inputs, targets)`` tensors or any iterable of ``(x, y)`` batches.
 
-    With the same ``batch_size`` (None: :func:`auto_batch_size`, as the grid) this is
-    bit-identical to the center of a grid.
+    With the same ``batch_size`` (None: :func:`auto_batch_size`, as the grid) and ``loss``
+    this is bit-identical to the center of a grid.
     """
+    loss_sum = resolve_loss_sum(loss, label_smoothing)
+    analysis = as_data(data, targets)
     with _ModelState(model, device, dtype) as st:
-        batches = _prepare_batches(model, inputs, targets, batch_size, st.target_device, dtype)
+        batches = _prepare_batches(model, analysis, batch_size, st.target_device, dtype)
         with torch.inference_mode():
-            return _loss_acc(model, batches, len(inputs))
+            return _loss_acc(model, batches, analysis.n, loss_sum)
 
 
 class _Perturber:
@@ -305,11 +331,13 @@ class _Perturber:
 
 def evaluate_points(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    directions: Sequence[Direction],
-    coords: np.ndarray,
+    data: Any,
+    targets: torch.Tensor | None = None,
+    directions: Sequence[Direction] | None = None,
+    coords: np.ndarray | None = None,
     *,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -320,8 +348,14 @@ def evaluate_points(
     """Loss and accuracy at ``theta + sum_k coords[p, k] * directions[k]`` for each row ``p``.
 
     Args:
+        model: the network (its output may be a tuple / dict / object holding the logits).
+        data, targets: ``(inputs, targets)`` tensors (also as two arguments) or any iterable
+            of ``(x, y)`` batches (a DataLoader; then ``evaluate_points(model, loader,
+            directions, coords)`` works too).
         directions: one name->tensor dict per column of ``coords``.
         coords: ``[P, len(directions)]`` coefficients.
+        loss: ``ce`` (default), ``ce:ε``, ``bce``, ``mse`` or a callable
+            ``(logits, targets) -> per-example losses``; ``label_smoothing``: ε for ``ce``.
         points_per_call: 1 = the in-place loop (fastest on CPU); K > 1 evaluates K
             points per forward with ``torch.func.functional_call`` + ``vmap``.
         callback: called as ``callback(p, loss, acc)`` after each point (flushing).
@@ -329,6 +363,10 @@ def evaluate_points(
     Returns:
         ``(loss, acc)`` float64 arrays of length P; non-finite losses are kept as is.
     """
+    data, targets, directions, coords = _data_and_dirs(data, targets, directions, coords)
+    loss_sum = resolve_loss_sum(loss, label_smoothing)
+    loss_each = resolve_loss(loss, label_smoothing)
+    analysis = as_data(data, targets)
     coords = np.asarray(coords, dtype=np.float64).reshape(len(coords), -1)
     if coords.shape[1] != len(directions):
         raise ValueError(f"coords have {coords.shape[1]} columns for {len(directions)} directions")
@@ -343,15 +381,15 @@ def evaluate_points(
 
         bar = tqdm(total=n_pts, unit="pt", desc="landscape", dynamic_ncols=True)
     with _ModelState(model, device, dtype) as st:
-        batches = _prepare_batches(model, inputs, targets, batch_size, st.target_device, dtype)
-        n = len(inputs)
+        batches = _prepare_batches(model, analysis, batch_size, st.target_device, dtype)
+        n = analysis.n
         pert = _Perturber(model, directions)
         try:
             if points_per_call <= 1:
                 for p in range(n_pts):
                     pert.set(coords[p])
                     with torch.inference_mode():
-                        losses[p], accs[p] = _loss_acc(model, batches, n)
+                        losses[p], accs[p] = _loss_acc(model, batches, n, loss_sum)
                     if callback is not None:
                         callback(p, losses[p], accs[p])
                     if bar is not None:
@@ -360,7 +398,7 @@ def evaluate_points(
                 pert.restore()
                 for s in range(0, n_pts, points_per_call):
                     chunk = coords[s : s + points_per_call]
-                    l_, a_ = _vmap_points(model, batches, n, directions, chunk)
+                    l_, a_ = _vmap_points(model, batches, n, directions, chunk, loss_each)
                     for q in range(len(chunk)):
                         losses[s + q], accs[s + q] = l_[q], a_[q]
                         if callback is not None:
@@ -374,7 +412,8 @@ def evaluate_points(
     return losses, accs
 
 
-def _vmap_points(model, batches, n, directions, chunk) -> tuple[list[float], list[float]]:
+def _vmap_points(model, batches, n, directions, chunk,
+                 loss_each) -> tuple[list[float], list[float]]:
     """K grid points in one batched forward: params stacked [K, ...], vmapped."""
     from torch.func import functional_call, vmap
 
@@ -394,26 +433,29 @@ def _vmap_points(model, batches, n, directions, chunk) -> tuple[list[float], lis
     buffers = {name: b for name, b in model.named_buffers()}
 
     def f(ps, x):
-        return functional_call(model, (ps, buffers), (x,))
+        return logits_of(functional_call(model, (ps, buffers), (x,)))
 
     loss = torch.zeros(len(chunk), dtype=torch.float64, device=c.device)
     correct = torch.zeros(len(chunk), dtype=torch.int64)
     with torch.inference_mode():
         for x, y in batches:
             out = vmap(f, in_dims=(0, None))(params, x)  # [K, B, C]
-            ce = F.cross_entropy(out.flatten(0, 1), y.repeat(len(chunk)), reduction="none")
-            loss += ce.view(len(chunk), -1).double().sum(1).cpu()
-            correct += (out.argmax(-1) == y).sum(1).cpu()
+            reps = (len(chunk),) + (1,) * (y.ndim - 1)  # soft targets [B, C] -> [K*B, C]
+            each = loss_each(out.flatten(0, 1), y.repeat(*reps))
+            loss += each.view(len(chunk), -1).double().sum(1).cpu()
+            correct += (out.argmax(-1) == _labels(y, out[0])).sum(1).cpu()
     return (loss / n).tolist(), (100.0 * correct.double() / n).tolist()
 
 
 def loss_landscape(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    directions: Sequence[Direction],
-    grid: Grid,
+    data: Any,
+    targets: torch.Tensor | None = None,
+    directions: Sequence[Direction] | None = None,
+    grid: Grid | None = None,
     *,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -422,18 +464,23 @@ def loss_landscape(
 ) -> Landscape:
     """The whole surface in memory (no files): ``L(a, b)`` and accuracy on ``grid``.
 
-    ``directions`` has one entry for a line (``grid.y is None``), two for a surface.
-    See :func:`geomkit.geometry.landscape.compute_landscape` for resumable files.
+    ``data``/``targets``/``loss``/``label_smoothing`` as :func:`evaluate_points` (a
+    DataLoader: ``loss_landscape(model, loader, directions, grid)``).  ``directions`` has
+    one entry for a line (``grid.y is None``), two for a surface.  See
+    :func:`geomkit.geometry.landscape.compute_landscape` for resumable files.
     """
+    data, targets, directions, grid = _data_and_dirs(data, targets, directions, grid)
     if len(directions) != grid.ndim:
         raise SpecError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, got {len(directions)}")
     t0 = time.perf_counter()
-    loss, acc = evaluate_points(
+    values, acc = evaluate_points(
         model,
-        inputs,
+        data,
         targets,
         directions,
         grid.coords(),
+        loss=loss,
+        label_smoothing=label_smoothing,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
@@ -443,7 +490,7 @@ def loss_landscape(
     return Landscape(
         xcoordinates=grid.xcoordinates,
         ycoordinates=grid.ycoordinates,
-        loss=loss.reshape(grid.shape),
+        loss=values.reshape(grid.shape),
         acc=acc.reshape(grid.shape),
         done=np.ones(grid.shape, dtype=bool),
         attrs=dict(grid.spec()),

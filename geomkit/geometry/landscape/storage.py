@@ -13,36 +13,61 @@ Layout (readable by the reference tool's plotting scripts and by plain h5py)::
            samples, shard, directions_sha256, cosine_xy, provenance, timing
 
 Row ``i`` is ``y_i`` and column ``j`` is ``x_j``: ``contour(*meshgrid(x, y), Z)``.
-The file is created under ``<name>.tmp`` and renamed, then reopened for each flush
-(values first, then ``done``), so a killed run leaves a file whose ``done`` mask
-only marks finished points.  A file whose spec differs from the request is refused
-with :class:`~geomkit.errors.ResultFileError`, never overwritten.
+The file is created whole through :func:`geomkit.io.atomic_h5` (temporary file, fsync,
+rename), then reopened in place for each flush (values first, then ``done``), so a
+killed run leaves a file whose ``done`` mask only marks finished points.  A file whose
+spec differs from the request, or that is not a geomkit landscape file, is refused with
+:class:`~geomkit.errors.ResultFileError`, never overwritten.  Reading
+(:class:`~geomkit.io.landscape.Landscape`, :func:`read_landscape`) lives in
+:mod:`geomkit.io.landscape`, which needs neither torch nor this package.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
 from geomkit import distributed
 from geomkit.errors import ResultFileError, SpecError
+from geomkit.io import (
+    LANDSCAPE_FORMAT,
+    atomic_h5,
+    check_replace,
+    describe_mismatch,
+    dumps_json,
+    get_json_attr,
+    normalize_spec,
+    open_h5,
+)
+from geomkit.io.landscape import Landscape, read_landscape
 from geomkit.provenance import provenance
 
 from .directions import Direction
-from .evaluate import Grid, Landscape, evaluate_points
+from .evaluate import Grid, evaluate_points
 
 AXES = ("x", "y")
-FORMAT = "geomkit-landscape-1"
+FORMAT = LANDSCAPE_FORMAT  # "geomkit-landscape-1"
+
+__all__ = [
+    "AXES",
+    "FORMAT",
+    "Landscape",
+    "compute_landscape",
+    "directions_sha256",
+    "merge_shards",
+    "parse_shard",
+    "read_directions",
+    "read_landscape",
+    "shard_indices",
+    "shard_path",
+]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -88,24 +113,20 @@ def _to_attr(v: Any) -> Any:
     return v
 
 
-def _describe_mismatch(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: file {old.get(k)!r} vs requested {new.get(k)!r}" for k in keys[:4])
+_describe_mismatch = describe_mismatch
 
 
-def _open(path: Path, mode: str) -> h5py.File:
-    try:
-        return h5py.File(path, mode)
-    except OSError as e:
-        raise ResultFileError(
-            f"cannot open {path} as HDF5 ({e}); delete it or choose another --out"
-        ) from None
+def _open(path: Path, mode: str) -> Any:
+    """A geomkit landscape file (one-line ResultFileError for anything else)."""
+    return open_h5(path, mode, kind=FORMAT)
 
 
-def _read_spec(f: h5py.File, path: Path) -> dict:
-    if f.attrs.get("format") != FORMAT or "spec" not in f.attrs:
-        raise ResultFileError(f"{path} is not a geomkit landscape file; choose another --out")
-    return json.loads(f.attrs["spec"])
+def _read_spec(f: Any, path: Path) -> dict:
+    spec = get_json_attr(f, "spec")
+    if not isinstance(spec, dict):
+        raise ResultFileError(f"{path} is not a geomkit landscape file (no spec); "
+                              "choose another --out")
+    return spec
 
 
 def _create(
@@ -117,11 +138,10 @@ def _create(
     attrs: dict,
     values: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(tmp, "w") as f:
+    check_replace(path, FORMAT, spec)  # never over another computation's or a foreign file
+    with atomic_h5(path) as f:
         f.attrs["format"] = FORMAT
-        f.attrs["spec"] = json.dumps(spec, sort_keys=True)
+        f.attrs["spec"] = dumps_json(spec, sort_keys=True)
         f.attrs["shard"] = f"{shard[0]}/{shard[1]}"
         f.attrs["directions_sha256"] = directions_sha256(directions)
         f.attrs["acc_unit"] = "percent"
@@ -166,45 +186,18 @@ def _create(
             ga = g.create_group(axis)
             for name, t in d.items():
                 ga.create_dataset(name, data=t.detach().cpu().numpy())
-    os.replace(tmp, path)
 
 
 def read_directions(path: str | Path) -> list[Direction]:
     """The directions stored in a landscape file (``directions/x``, ``directions/y``)."""
     path = Path(path)
-    with _open(path, "r") as f:
+    with open_h5(path, "r") as f:  # any HDF5 file with directions/x (and y)
         out = []
         for axis in AXES:
             if f"directions/{axis}" in f:
                 g = f[f"directions/{axis}"]
                 out.append({name: torch.from_numpy(g[name][...]) for name in g})
         return out
-
-
-def read_landscape(path: str | Path) -> Landscape:
-    """Open a landscape file (complete or not) as a :class:`Landscape`."""
-    path = Path(path)
-    if not path.exists():
-        raise ResultFileError(f"landscape file {path} does not exist")
-    with _open(path, "r") as f:
-        if "xcoordinates" not in f or "train_loss" not in f:
-            raise ResultFileError(f"{path} has no xcoordinates/train_loss; not a landscape file")
-        x = f["xcoordinates"][...]
-        y = f["ycoordinates"][...] if "ycoordinates" in f else None
-        loss = f["train_loss"][...]
-        acc = f["train_acc"][...] if "train_acc" in f else np.full(loss.shape, np.nan)
-        done = f["done"][...].astype(bool) if "done" in f else np.isfinite(loss)
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-    return Landscape(
-        x,
-        y,
-        loss,
-        acc,
-        done,
-        attrs=attrs,
-        seconds=float(attrs.get("compute_seconds", 0.0)),
-        path=str(path),
-    )
 
 
 class _Writer:
@@ -232,7 +225,7 @@ class _Writer:
         lv = np.array([v for _, v, _ in self.pending])[order]
         av = np.array([v for _, _, v in self.pending])[order]
         now = time.perf_counter()
-        with h5py.File(self.path, "r+") as f:
+        with _open(self.path, "r+") as f:
             for name, vals in (("train_loss", lv), ("train_acc", av)):
                 arr = f[name][...].reshape(-1)
                 arr[idx] = vals
@@ -331,7 +324,7 @@ def compute_landscape(
         with _open(path, "r") as f:
             old = _read_spec(f, path)
             old_shard = str(f.attrs.get("shard", "0/1"))
-        norm = json.loads(json.dumps(spec, sort_keys=True))
+        norm = normalize_spec(spec)
         if old != norm:
             raise ResultFileError(
                 f"{path} was computed with another spec ({_describe_mismatch(old, norm)}); "
@@ -349,7 +342,7 @@ def compute_landscape(
         if len(dirs) != grid.ndim:
             raise SpecError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, got {len(dirs)}")
         _create(path, grid, spec, shard, dirs, dict(attrs or {}))
-    with h5py.File(path, "r") as f:
+    with _open(path, "r") as f:
         done = f["done"][...].reshape(-1)
     mine = np.array(shard_indices(grid.size, i_shard, n_shard), dtype=np.int64)
     todo = mine[~done[mine]]
@@ -441,7 +434,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
         seconds += float(part.attrs.get("compute_seconds", 0.0))
     grid = _grid_from_spec(spec0)
     dirs = read_directions(p0)
-    with h5py.File(p0, "r") as f:
+    with _open(p0, "r") as f:
         extra = {k: f.attrs[k] for k in ("checkpoint",) if k in f.attrs}
     if out.exists():
         with _open(out, "r") as f:
@@ -453,7 +446,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
             )
     extra["compute_seconds"] = seconds
     extra["points_per_s"] = size / seconds if seconds > 0 else 0.0
-    extra["merged_from"] = json.dumps([str(p) for p, *_ in metas])
+    extra["merged_from"] = dumps_json([str(p) for p, *_ in metas])
     _create(out, grid, spec0, (0, 1), dirs, extra, values=(loss, acc, done))
     return read_landscape(out)
 
