@@ -114,3 +114,25 @@ def tiny_checkpoint(path, seed: int = 0, model: str = "vit", optimizer: str = "s
     if label is not None:
         config["label"] = label
     return save_checkpoint(path, m, config=config, data_spec=DataSpec(source="digits"))
+
+
+class OutputWrapper(nn.Module):
+    """``inner``'s logits returned as a dict (``{"logits": z, "aux": ...}``), a tuple
+    ``(z, ...)`` or an object with ``.logits`` (HuggingFace style): every measurement must
+    give the plain model's numbers through :func:`geomkit.geometry._inputs.logits_of`."""
+
+    def __init__(self, inner: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x: torch.Tensor):
+        z = self.inner(x)
+        if self.kind == "dict":
+            return {"logits": z, "aux": z.sum()}
+        if self.kind == "tuple":
+            return z, z.detach()
+
+        class Out:
+            logits = z
+
+        return Out()

@@ -12,29 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from geomkit.measurements import Measurement, TableEntry, option, register
-from geomkit.measurements._common import (
-    Options,
-    batch_size,
-    device,
-    loss,
-    model,
-    samples,
-    seed,
-    with_loss,
-)
+from geomkit.measurements import _common as common
+from geomkit.measurements._common import Options, model, with_loss
 
 
 @dataclass(frozen=True)
 class HessianOptions(Options):
-    samples: int = samples()
-    loss: str = loss()
+    samples: int = common.samples()
+    loss: str = common.loss()
     hessian_tol: float = option(1e-3, "Lanczos relative tolerance for lambda_max",
                                 flag="--tol", minimum=0)
     hessian_max_iter: int = option(100, "Lanczos steps per block at most", flag="--max-iter",
                                    minimum=1)
-    batch_size: int | None = batch_size()
-    seed: int = seed()
-    device: str | None = device()
+    batch_size: int | None = common.batch_size()
+    seed: int = common.seed()
+    device: str | None = common.device()
 
 
 def _settings(ck: Any, o: HessianOptions) -> dict[str, Any]:

@@ -13,27 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from geomkit.measurements import Measurement, TableEntry, option, register
-from geomkit.measurements._common import (
-    Options,
-    batch_size,
-    device,
-    loss,
-    model,
-    samples,
-    seed,
-    with_loss,
-)
+from geomkit.measurements import _common as common
+from geomkit.measurements._common import Options, model, with_loss
 
 
 @dataclass(frozen=True)
 class TraceOptions(Options):
-    samples: int = samples()
-    loss: str = loss()
+    samples: int = common.samples()
+    loss: str = common.loss()
     trace_probes: int = option(32, "Rademacher probes per block for the Hessian trace",
                                metavar="P", minimum=1)
-    batch_size: int | None = batch_size()
-    seed: int = seed()
-    device: str | None = device()
+    batch_size: int | None = common.batch_size()
+    seed: int = common.seed()
+    device: str | None = common.device()
 
 
 def _run(ck: Any, o: TraceOptions) -> dict[str, Any]:

@@ -5,7 +5,6 @@ smoothing / a callable loss give the dense Hessian of that loss; tuple/dict outp
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -13,7 +12,7 @@ from geomkit.geometry.blocks import resolve_blocks
 from geomkit.geometry.hessian import hessian_eigs
 from geomkit.geometry.hvp import HessianOperator
 from geomkit.geometry.spectrum import hutchinson_trace
-from tests.cases import CASE_NAMES, make_case
+from tests.cases import CASE_NAMES, OutputWrapper, make_case
 from tests.geometry._hessian_oracle import _unflatten
 
 LOSSES = {
@@ -80,14 +79,7 @@ def test_losses_match_the_dense_oracle(name, loss, device):
     assert abs(r.blocks["whole"].lambda_max - top) <= 1e-8 * abs(top)
 
 
-class _Wrapped(nn.Module):
-    def __init__(self, inner, kind):
-        super().__init__()
-        self.inner, self.kind = inner, kind
-
-    def forward(self, x):
-        z = self.inner(x)
-        return (z, x.sum()) if self.kind == "tuple" else {"logits": z, "aux": x.mean()}
+_Wrapped = OutputWrapper  # the shared tuple/dict/.logits output wrapper
 
 
 @pytest.mark.parametrize("kind", ["tuple", "dict"])

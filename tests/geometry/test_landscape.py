@@ -27,7 +27,7 @@ from geomkit.geometry.landscape import (
     random_direction,
     random_directions,
 )
-from tests.cases import CASE_NAMES, make_case
+from tests.cases import CASE_NAMES, OutputWrapper, make_case
 
 
 def _state(model):
@@ -409,14 +409,7 @@ def test_soft_targets_accuracy_is_their_argmax(device):
         assert not np.allclose(surf.loss, hard.loss)  # the soft targets do enter the loss
 
 
-class _Wrapped(nn.Module):
-    def __init__(self, inner, kind):
-        super().__init__()
-        self.inner, self.kind = inner, kind
-
-    def forward(self, x):
-        out = self.inner(x)
-        return {"logits": out, "aux": out.sum()} if self.kind == "dict" else (out, x)
+_Wrapped = OutputWrapper  # the shared tuple/dict/.logits output wrapper
 
 
 @pytest.mark.parametrize("kind", ["dict", "tuple"])

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from geomkit.errors import BlockError, SpecError
 from geomkit.geometry.blocks import resolve_blocks
 from geomkit.geometry.ntk import NTKResult, ntk, ntk_at_init
-from tests.cases import CASE_NAMES, make_case
+from tests.cases import CASE_NAMES, OutputWrapper, make_case
 
 N = 6
 
@@ -256,16 +256,7 @@ def assert_same_kernel(got: NTKResult, want: NTKResult, device: torch.device, ms
         assert got.kappa == pytest.approx(want.kappa, rel=1e-8), msg
 
 
-class _Wrapped(nn.Module):
-    """The same network returning a dict ``{"logits": ...}`` or a tuple ``(logits, extra)``."""
-
-    def __init__(self, inner: nn.Module, kind: str) -> None:
-        super().__init__()
-        self.inner, self.kind = inner, kind
-
-    def forward(self, x):
-        out = self.inner(x)
-        return {"logits": out, "aux": out.sum()} if self.kind == "dict" else (out, x)
+_Wrapped = OutputWrapper  # the shared tuple/dict/.logits output wrapper
 
 
 @pytest.mark.parametrize("name,bn", [("mlp", "eval"), ("cnn_bn", "train")])

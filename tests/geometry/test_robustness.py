@@ -21,6 +21,7 @@ from geomkit.data import CORRUPTIONS, DataSpec, corrupt_normalized, load_split
 from geomkit.errors import DataError, SpecError
 from geomkit.geometry import robustness as rob
 from geomkit.models import build
+from tests.cases import OutputWrapper
 
 SPEC = DataSpec(source="digits")
 
@@ -211,14 +212,7 @@ def test_sharded_ranks_over_a_dataloader(data, monkeypatch, device):
             ref.accuracy[c][0], rel=1e-12)
 
 
-class _Wrapped(nn.Module):
-    def __init__(self, inner, kind):
-        super().__init__()
-        self.inner, self.kind = inner, kind
-
-    def forward(self, x):
-        out = self.inner(x)
-        return {"logits": out} if self.kind == "dict" else (out, out.detach())
+_Wrapped = OutputWrapper  # the shared tuple/dict/.logits output wrapper
 
 
 @pytest.mark.parametrize("kind", ["dict", "tuple"])
