@@ -59,22 +59,47 @@ def converted_copy(
     return copy.deepcopy(model, memo).to(device=device, dtype=dtype)
 
 
+def work_model(
+    model: nn.Module, device: torch.device | str | None, dtype: torch.dtype | None = None
+) -> tuple[nn.Module, torch.device, torch.dtype]:
+    """``(work, run_device, run_dtype)``: the model itself when it already lives on
+    :func:`run_device_for` ``(device)`` in ``dtype`` (None: its own), else a
+    :func:`converted_copy` there."""
+    first = next(model.parameters(), None)
+    model_device = first.device if first is not None else torch.device("cpu")
+    model_dtype = first.dtype if first is not None else torch.get_default_dtype()
+    run_device = run_device_for(device, model_device)
+    run_dtype = dtype or model_dtype
+    if run_device == model_device and run_dtype == model_dtype:
+        return model, run_device, run_dtype
+    return converted_copy(model, run_device, dtype), run_device, run_dtype
+
+
 @contextlib.contextmanager
-def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
+def analysis_mode(model: nn.Module, bn: str = "eval", *, untracked: bool = False) -> Iterator[None]:
     """``model`` in eval mode (dropout off), BatchNorm in train mode if ``bn="train"`` (batch
-    statistics); every module's flag restored after, also on error. Buffers are not
-    touched here: a measurement in ``bn="train"`` must use private copies of them."""
+    statistics); every module's flag restored after, also on error.
+
+    Buffers are not touched here: a measurement in ``bn="train"`` must use private copies
+    of them, or pass ``untracked=True``, which also switches ``track_running_stats`` off on
+    those layers (same batch-statistics normalization, running buffers neither read nor
+    updated) and restores it after.
+    """
     saved = [(m, m.training) for m in model.modules()]
+    tracking = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)]
     try:
         model.eval()
         if bn == "train":
-            for m in model.modules():
-                if isinstance(m, _BatchNorm):
-                    m.train()
+            for m, _ in tracking:
+                m.train()
+                if untracked:
+                    m.track_running_stats = False
         yield
     finally:
         for m, t in saved:
             m.training = t
+        for m, t in tracking:
+            m.track_running_stats = t
 
 
 def free_memory(device: torch.device) -> int:

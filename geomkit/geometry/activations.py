@@ -47,7 +47,7 @@ from torch import nn
 from geomkit import distributed
 from geomkit.errors import BlockError, DataError
 from geomkit.geometry._inputs import as_input_data
-from geomkit.geometry._work import converted_copy, run_device_for
+from geomkit.geometry._work import analysis_mode, progress_bar, work_model
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -324,13 +324,7 @@ def activation_stats(
     analysis = as_input_data(data, targets)
     block_names = find_blocks(model, blocks)
 
-    first = next(model.parameters(), None)
-    model_device = first.device if first is not None else torch.device("cpu")
-    model_dtype = first.dtype if first is not None else None
-    run_device = run_device_for(device, model_device)
-    work = model
-    if run_device != model_device or (dtype is not None and dtype != model_dtype):
-        work = converted_copy(model, run_device, dtype)
+    work, run_device, _ = work_model(model, device, dtype)
     acc_device = run_device if run_device.type in ("cpu", "cuda") else torch.device("cpu")
 
     orig_modules = dict(model.named_modules())
@@ -339,25 +333,21 @@ def activation_stats(
     rec = _Recorder(acc_device)
     shard = distributed.shard_range(analysis.n)
 
-    modes = {m: m.training for m in work.modules()}
     handles = [work.register_forward_pre_hook(rec.reset_calls)]
     try:
         for n in act_names:
             handles.append(modules[n].register_forward_pre_hook(rec.activation_hook(n)))
         for n in block_names:
             handles.append(modules[n].register_forward_hook(rec.block_hook(n)))
-        work.eval()
         local_n = 0
-        with torch.no_grad():
-            batches = analysis.batches(batch_size, device=run_device, dtype=dtype,
-                                       lo=shard.start, hi=shard.stop)
-            if progress and distributed.is_main():
-                from tqdm import tqdm
-
-                batches = tqdm(batches, desc="activations", unit="batch", leave=False)
+        batches = analysis.batches(batch_size, device=run_device, dtype=dtype,
+                                   lo=shard.start, hi=shard.stop)
+        bar = progress_bar(len(shard), progress and distributed.is_main(), "activations", "ex")
+        with analysis_mode(work), torch.no_grad(), bar:
             for x, _ in batches:
                 work(x)
                 local_n += len(x)
+                bar.update(len(x))
             if local_n == 0:
                 # An empty shard (more ranks than examples): one unrecorded forward fixes
                 # the accumulator shapes so that every rank all-reduces the same tensors.
@@ -367,8 +357,6 @@ def activation_stats(
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
 
     # One all-reduce over every accumulator, in model order (identical on every rank).
     parts: list[torch.Tensor] = [torch.tensor([float(local_n)], dtype=torch.float64)]

@@ -94,7 +94,6 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -110,7 +109,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from geomkit import distributed
 from geomkit.errors import BlockError, ModelError, SpecError
 from geomkit.geometry._inputs import as_input_data, logits_of
-from geomkit.geometry._work import run_device_for
+from geomkit.geometry._work import analysis_mode, progress_bar, run_device_for
 
 __all__ = ["NTKResult", "NTKInitResult", "MODES", "BN_MODES", "ntk", "ntk_at_init"]
 
@@ -444,14 +443,9 @@ def ntk(
     sizes = {k: v.numel() for k, v in train_params.items()}
     n_params = sum(sizes.values())
 
-    flags = {m: m.training for m in model.modules()}
-    tracking = {m: m.track_running_stats for m in model.modules() if isinstance(m, _BatchNorm)}
-    try:
-        for m in model.modules():
-            m.training = bn == "train" and isinstance(m, _BatchNorm)
-            if m.training:
-                # batch statistics without touching (or needing) the running buffers
-                m.track_running_stats = False
+    # BatchNorm in train mode normalizes with batch statistics without touching (or
+    # needing) the running buffers, which here may be the model's own tensors
+    with analysis_mode(model, bn, untracked=True):
         # a BatchNorm without running buffers normalizes with batch statistics even in eval
         coupled = any(
             isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)
@@ -500,7 +494,8 @@ def ntk(
         size = rows if mode == "full" else n
         kernel = torch.zeros(size, size, dtype=torch.float64, device=dev)
         steps_per_chunk = math.ceil((rows if coupled else n) / b)
-        bar = _progress(len(mine) * steps_per_chunk, progress and distributed.is_main())
+        bar = progress_bar(len(mine) * steps_per_chunk, progress and distributed.is_main(),
+                           "ntk", "batch")
         try:
             for chunk in mine:
                 for jac in _chunk_jacobian(
@@ -512,11 +507,6 @@ def ntk(
         finally:
             bar.close()
         distributed.all_reduce_sum(kernel)
-    finally:
-        for m, f in flags.items():
-            m.training = f
-        for m, f in tracking.items():
-            m.track_running_stats = f
 
     evals, lmax, lmin, kappa = _spectrum(kernel)
     kernel_np = (0.5 * (kernel + kernel.T)).cpu().numpy()
@@ -618,22 +608,6 @@ def _chunk_jacobian(
                     del g
                 bar.update(1)
     return [jac]
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="ntk", unit="batch", file=sys.stderr, leave=False)
 
 
 # --------------------------------------------------------------------------- at init

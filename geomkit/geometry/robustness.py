@@ -53,7 +53,7 @@ from geomkit import distributed
 from geomkit.data import CORRUPTIONS, DataSpec, corrupt, corrupt_normalized
 from geomkit.errors import DataError, SpecError
 from geomkit.geometry._inputs import AnalysisData, as_data, logits_of
-from geomkit.geometry._work import converted_copy, run_device_for
+from geomkit.geometry._work import analysis_mode, progress_bar, work_model
 
 __all__ = ["CHUNK", "RobustnessResult", "robustness", "checkpoint_robustness"]
 
@@ -228,16 +228,9 @@ def robustness(
     mean_std = _mean_std(normalization)
     analysis = as_data(data, targets)
 
-    first = next(model.parameters(), None)
-    model_device = first.device if first is not None else torch.device("cpu")
-    model_dtype = first.dtype if first is not None else torch.get_default_dtype()
     # "cuda" for a model on cuda:1 is cuda:1 (no copy); a copy is converted from the
     # model's tensors directly, never first cloned on the model's GPU
-    run_device = run_device_for(device, model_device)
-    run_dtype = dtype or model_dtype
-    work = model
-    if run_device != model_device or run_dtype != model_dtype:
-        work = converted_copy(model, run_device, run_dtype)
+    work, run_device, run_dtype = work_model(model, device, dtype)
 
     n = analysis.n
     chunk_size = CHUNK
@@ -263,32 +256,18 @@ def robustness(
             return corrupt(x, name, severity, g)
         return corrupt_normalized(x, name, severity, mean_std, g)
 
-    bar = None
-    if progress and distributed.is_main():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(my_chunks) * (len(pairs) + 1), desc="robustness", unit="set",
-                   leave=False)
-    modes = {m: m.training for m in work.modules()}
-    try:
-        work.eval()
-        with torch.no_grad():
-            # one pass over the data: every (corruption, severity) of a chunk, chunk by chunk
-            # (the counts are integers, so the order of the sums does not matter)
-            for k, x, y in _chunks(analysis, my_chunks.start, my_chunks.stop, chunk_size):
-                correct[0] += count(x, y)
-                if bar is not None:
-                    bar.update(1)
-                for j, (name, severity) in enumerate(pairs, start=1):
-                    correct[j] += count(corrupted(x, name, severity, k), y)
-                    if bar is not None:
-                        bar.set_postfix_str(f"{name}/{severity}")
-                        bar.update(1)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-        if bar is not None:
-            bar.close()
+    bar = progress_bar(len(my_chunks) * (len(pairs) + 1), progress and distributed.is_main(),
+                       "robustness", "set")
+    with analysis_mode(work), torch.no_grad(), bar:
+        # one pass over the data: every (corruption, severity) of a chunk, chunk by chunk
+        # (the counts are integers, so the order of the sums does not matter)
+        for k, x, y in _chunks(analysis, my_chunks.start, my_chunks.stop, chunk_size):
+            correct[0] += count(x, y)
+            bar.update(1)
+            for j, (name, severity) in enumerate(pairs, start=1):
+                correct[j] += count(corrupted(x, name, severity, k), y)
+                bar.set_postfix_str(f"{name}/{severity}")
+                bar.update(1)
     if distributed.active():  # NCCL reduces only device tensors
         correct = distributed.all_reduce_sum(correct.to(run_device)).cpu()
     # one process keeps the counts on the CPU: a float64 tensor cannot go to MPS at all

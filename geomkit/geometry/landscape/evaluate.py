@@ -30,6 +30,7 @@ vmap path, which may pay on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,7 +49,7 @@ from geomkit.geometry._inputs import (
     resolve_loss,
     resolve_loss_sum,
 )
-from geomkit.geometry._work import run_device_for
+from geomkit.geometry._work import analysis_mode, progress_bar, run_device_for
 from geomkit.io.landscape import Landscape  # the surface type lives in the I/O layer
 
 from .directions import Direction
@@ -233,30 +234,24 @@ def _data_and_dirs(data: Any, targets: Any, directions: Any, last: Any) -> tuple
     return data, targets, directions, last
 
 
-class _ModelState:
-    """Saves and restores a model's train flags, device and dtype (context manager)."""
-
-    def __init__(self, model: nn.Module, device, dtype):
-        self.model = model
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        # "cuda" for a model on cuda:1 means cuda:1 (no move to the current CUDA device)
-        self.target_device = run_device_for(device, self.device)
-        self.target_dtype = dtype or self.dtype
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        if self.target_device != self.device or self.target_dtype != self.dtype:
-            self.model.to(device=self.target_device, dtype=self.target_dtype)
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        if self.target_device != self.device or self.target_dtype != self.dtype:
-            self.model.to(device=self.device, dtype=self.dtype)
-        for m, t in self.flags:
-            m.training = t
-        return False
+@contextlib.contextmanager
+def _on_device(model: nn.Module, device: Any, dtype: torch.dtype | None) -> Iterator[torch.device]:
+    """``model`` moved in place to the run device/dtype and in analysis mode; moved back
+    and its flags restored after. (In place, not a work copy: the grid perturbs the
+    parameters and copies them back, so one model is all the memory a surface needs.)"""
+    p = next(model.parameters())
+    home_device, home_dtype = p.device, p.dtype
+    # "cuda" for a model on cuda:1 means cuda:1 (no move to the current CUDA device)
+    run_device = run_device_for(device, home_device)
+    moved = run_device != home_device or (dtype or home_dtype) != home_dtype
+    if moved:
+        model.to(device=run_device, dtype=dtype or home_dtype)
+    try:
+        with analysis_mode(model):
+            yield run_device
+    finally:
+        if moved:
+            model.to(device=home_device, dtype=home_dtype)
 
 
 def evaluate(
@@ -278,8 +273,8 @@ def evaluate(
     """
     loss_sum = resolve_loss_sum(loss, label_smoothing)
     analysis = as_data(data, targets)
-    with _ModelState(model, device, dtype) as st:
-        batches = _prepare_batches(model, analysis, batch_size, st.target_device, dtype)
+    with _on_device(model, device, dtype) as run_device:
+        batches = _prepare_batches(model, analysis, batch_size, run_device, dtype)
         with torch.inference_mode():
             return _loss_acc(model, batches, analysis.n, loss_sum)
 
@@ -375,13 +370,9 @@ def evaluate_points(
     accs = np.full(n_pts, np.nan)
     if n_pts == 0:
         return losses, accs
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_pts, unit="pt", desc="landscape", dynamic_ncols=True)
-    with _ModelState(model, device, dtype) as st:
-        batches = _prepare_batches(model, analysis, batch_size, st.target_device, dtype)
+    bar = progress_bar(n_pts, progress, "landscape", "pt")
+    with _on_device(model, device, dtype) as run_device:
+        batches = _prepare_batches(model, analysis, batch_size, run_device, dtype)
         n = analysis.n
         pert = _Perturber(model, directions)
         try:
@@ -392,8 +383,7 @@ def evaluate_points(
                         losses[p], accs[p] = _loss_acc(model, batches, n, loss_sum)
                     if callback is not None:
                         callback(p, losses[p], accs[p])
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
             else:
                 pert.restore()
                 for s in range(0, n_pts, points_per_call):
@@ -403,12 +393,10 @@ def evaluate_points(
                         losses[s + q], accs[s + q] = l_[q], a_[q]
                         if callback is not None:
                             callback(s + q, l_[q], a_[q])
-                    if bar is not None:
-                        bar.update(len(chunk))
+                    bar.update(len(chunk))
         finally:
             pert.restore()
-            if bar is not None:
-                bar.close()
+            bar.close()
     return losses, accs
 
 
