@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: library keywords whose flag has another destination (DataSpec(root=) is --data-root, a
+#: landscape's direction= is --dir, blocks' regex= is hessian's repeatable --block NAME=REGEX)
+_DESTS = {"root": "data_root", "direction": "dir", "regex": "block"}
+
+
 def _with_flag(msg: str, param: str | None, parser: argparse.ArgumentParser,
                args: argparse.Namespace) -> str:
     """The library names a keyword argument (``device must be ...``); on the command line
@@ -54,7 +59,7 @@ def _with_flag(msg: str, param: str | None, parser: argparse.ArgumentParser,
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     subparser = sub.choices.get(getattr(args, "command", None)) if sub else None
     flags = [a.option_strings[0] for a in (subparser._actions if subparser else [])
-             if a.dest == param and a.option_strings]
+             if a.dest in (param, _DESTS.get(param)) and a.option_strings]
     if not flags:
         return msg
     out, n = re.subn(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags[0], msg, count=1)

@@ -59,7 +59,7 @@ FASHION_MNIST_MD5 = {
 }
 _FMNIST_FIX = (
     "install the Debian package dataset-fashion-mnist "
-    "(apt-get install -y dataset-fashion-mnist) or pass --data-root DIR"
+    "(apt-get install -y dataset-fashion-mnist) or pass root DIR"
 )
 
 FASHION_MNIST_CLASSES = (
@@ -117,18 +117,20 @@ def raw_data(spec: DataSpec) -> RawData:
     if s in ("cifar10", "cifar100"):
         if spec.root is None:
             raise DataError(
-                f"{s} needs its data directory: pass --data-root DIR (the official "
-                f"{'cifar-10-batches-py' if s == 'cifar10' else 'cifar-100-python'} folder)"
+                f"{s} needs its data directory: pass root DIR (the official "
+                f"{'cifar-10-batches-py' if s == 'cifar10' else 'cifar-100-python'} folder)",
+                param="root",
             )
         return _cifar(s, os.path.abspath(spec.root))
     if s == "npz":
         if spec.root is None:
-            raise DataError("the npz source needs a file: pass --data-root FILE.npz")
+            raise DataError("the npz source needs a file: pass root FILE.npz", param="root")
         path = os.path.abspath(spec.root)
         try:
             mtime = os.stat(path).st_mtime_ns
         except OSError:
-            raise DataError(f"npz file {path} not found; pass --data-root FILE.npz") from None
+            raise DataError(f"npz file {path} not found; pass root FILE.npz",
+                            param="root") from None
         return _npz(path, mtime)
     if s == "synthetic":
         return _synthetic(
@@ -201,21 +203,22 @@ def _fmnist_file(root: str, name: str) -> np.ndarray:
         if os.path.isfile(path):
             break
     else:
-        raise DataError(f"Fashion-MNIST file {name}[.gz] not found in {root}; {_FMNIST_FIX}")
+        raise DataError(f"Fashion-MNIST file {name}[.gz] not found in {root}; {_FMNIST_FIX}",
+                        param="root")
     data = read_bytes(path)
     digest = payload_md5(path, data)
     if digest != FASHION_MNIST_MD5[name]:
         raise DataError(
             f"Fashion-MNIST file {path} is corrupt: MD5 {digest} of its contents, expected "
-            f"{FASHION_MNIST_MD5[name]}; {_FMNIST_FIX}"
-        )
+            f"{FASHION_MNIST_MD5[name]}; {_FMNIST_FIX}", param="root")
     return parse_idx(data, path)
 
 
 @functools.lru_cache(maxsize=2)
 def _fashion_mnist(root: str) -> RawData:
     if not os.path.isdir(root):
-        raise DataError(f"Fashion-MNIST directory {root} does not exist; {_FMNIST_FIX}")
+        raise DataError(f"Fashion-MNIST directory {root} does not exist; {_FMNIST_FIX}",
+                        param="root")
     xs, ys = [], []
     for prefix in ("train", "t10k"):
         x = _fmnist_file(root, f"{prefix}-images-idx3-ubyte")
@@ -233,37 +236,38 @@ def _fashion_mnist(root: str) -> RawData:
 
 def _unpickle(path: str, fix: str) -> dict:
     if not os.path.isfile(path):
-        raise DataError(f"CIFAR file {path} not found; {fix}")
+        raise DataError(f"CIFAR file {path} not found; {fix}", param="root")
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")  # official files supplied by the user
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file
-        raise DataError(f"CIFAR file {path} is unreadable ({type(e).__name__}); {fix}") from None
+        raise DataError(f"CIFAR file {path} is unreadable ({type(e).__name__}); {fix}",
+                        param="root") from None
     if not isinstance(d, dict):
-        raise DataError(f"CIFAR file {path} does not hold a batch dict; {fix}")
+        raise DataError(f"CIFAR file {path} does not hold a batch dict; {fix}", param="root")
     return d
 
 
 def _cifar_batch(path: str, label_key: bytes, fix: str) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(path, fix)
     if b"data" not in d or label_key not in d:
-        raise DataError(f"CIFAR file {path} lacks the keys data/{label_key.decode()}; {fix}")
+        raise DataError(f"CIFAR file {path} lacks the keys data/{label_key.decode()}; {fix}",
+                        param="root")
     x = np.asarray(d[b"data"])
     y = np.asarray(d[label_key], dtype=np.int64)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
         raise DataError(
             f"CIFAR file {path} has data {x.dtype}{list(x.shape)} and {len(y)} labels, "
-            f"expected uint8[N, 3072] and N labels; {fix}"
-        )
+            f"expected uint8[N, 3072] and N labels; {fix}", param="root")
     return x.reshape(-1, 3, 32, 32), y
 
 
 @functools.lru_cache(maxsize=2)
 def _cifar(source: str, root: str) -> RawData:
     folder = "cifar-10-batches-py" if source == "cifar10" else "cifar-100-python"
-    fix = f"pass --data-root the official {folder} directory"
+    fix = f"pass root the official {folder} directory"
     if not os.path.isdir(root):
-        raise DataError(f"{source} directory {root} does not exist; {fix}")
+        raise DataError(f"{source} directory {root} does not exist; {fix}", param="root")
     if os.path.isdir(os.path.join(root, folder)):
         root = os.path.join(root, folder)
     if source == "cifar10":
@@ -285,7 +289,8 @@ def _cifar(source: str, root: str) -> RawData:
         num = 100
     for y, what in ((y_train, "training"), (y_test, "test")):
         if len(y) and (y.min() < 0 or y.max() >= num):
-            raise DataError(f"{source} {what} labels outside 0..{num - 1} in {root}; {fix}")
+            raise DataError(f"{source} {what} labels outside 0..{num - 1} in {root}; {fix}",
+                            param="root")
     if len(names) != num:
         raise DataError(f"{source} metadata in {root} names {len(names)} classes, not {num}")
     mean, std = NORM_STATS[source]

@@ -169,7 +169,8 @@ def _match_preset(preset: str, names: Sequence[str], fam: str) -> list[str]:
                 f"(block1..block{len(keys)})"
                 if keys
                 else f"block {preset!r} needs a ViT, Mixer or ResNet model with timm parameter "
-                f"names; this model has none; use --block NAME=REGEX"
+                f"names; this model has none; define the block with regex (NAME=REGEX)",
+                param=None if keys else "regex",
             )
         key = keys[k - 1]
         return [n for n in names if _block_key_of(n, fam) == key]

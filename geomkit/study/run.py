@@ -192,8 +192,8 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
         if ck is not None:
             why = _mismatch(run, ck)
             if why:
-                raise SpecError(f"{path} was trained with {why}; pass --force to retrain or "
-                                "use another --out")
+                raise SpecError(f"{path} was trained with {why}; pass force to retrain or "
+                                "use another output directory", param="force")
             if ck.epoch >= run.train_config.epochs:
                 records.append(_record(run, path, "reused", ck))
                 continue

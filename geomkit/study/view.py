@@ -130,7 +130,7 @@ def open_study(out_dir: str | Path) -> StudyView:
     state_path = out_dir / "study.json"
     if not state_path.is_file():
         raise ResultFileError(f"{out_dir} is not a study directory (no study.json); "
-                              "run `geomkit study PRESET --out DIR` first")
+                              "run the study into it first")
     state = json.loads(state_path.read_text())
     by_sha: dict[str, Any] = {}
     results_path = out_dir / "results.h5"

@@ -235,14 +235,16 @@ def train(
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1 and cfg.batch_size % world:
         raise GeomkitError(
-            f"--batch-size {cfg.batch_size} must be divisible by the {world} processes"
+            f"batch_size {cfg.batch_size} must be divisible by the {world} processes",
+            param="batch_size",
         )
     # Under DDP every rank must get a non-empty, equal slice of each global batch (an
     # empty slice gives a NaN loss on one rank and a deadlock on the others; unequal
     # slices would be averaged with equal weights), so the incomplete last batch is dropped.
     steps_per_epoch = n // cfg.batch_size if world > 1 else math.ceil(n / cfg.batch_size)
     if steps_per_epoch < 1:
-        raise GeomkitError(f"--batch-size {cfg.batch_size} exceeds the {n} training examples")
+        raise GeomkitError(f"batch_size {cfg.batch_size} exceeds the {n} training examples",
+                           param="batch_size")
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     amp = (

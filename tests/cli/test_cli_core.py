@@ -60,6 +60,10 @@ def test_models_lists_registry(capsys):
         (["train", "--data", "imagenet", "--out", "OUT"], "unknown data source"),
         (["train", "--model-arg", "depth", "--out", "OUT", "--data", "synthetic"], "KEY=VALUE"),
         (["train", "--device", "foo", "--out", "OUT", "--data", "synthetic"], "--device must be"),
+        # the library names its keyword (DataSpec root=), the command line its flag
+        (["train", "--data", "npz", "--data-root", "/nonexistent.npz", "--out", "OUT"],
+         "not found; pass --data-root FILE.npz"),
+        (["train", "--data", "cifar10", "--out", "OUT"], "pass --data-root DIR"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, match, capsys, tmp_path):
@@ -88,3 +92,17 @@ def test_console_script_and_help():
         [sys.executable, "-m", "cli", "info", "nope.pt"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_library_keywords_become_the_subcommands_flags(run_dir, capsys, tmp_path):
+    from geomkit.data import DataSpec, load_split
+    from geomkit.errors import DataError
+
+    with pytest.raises(DataError) as e:
+        load_split(DataSpec("cifar10"), "train")
+    assert e.value.param == "root" and "--" not in str(e.value)
+    argv = ["landscape", str(run_dir / "last.pt"), "--dir", str(tmp_path / "none.pt"),
+            "--samples", "16", "--out", str(tmp_path / "s.h5")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--dir '" in err and "neither random/hessian" in err and "\n" not in err

@@ -287,7 +287,7 @@ def test_npz_malformed_files_raise_data_error(tmp_path, change, message):
 
 
 def test_npz_missing_or_not_npz(tmp_path):
-    with pytest.raises(DataError, match="not found; pass --data-root FILE.npz"):
+    with pytest.raises(DataError, match="not found; pass root FILE.npz"):
         load_split(DataSpec("npz", root=str(tmp_path / "none.npz")), "train")
     with pytest.raises(DataError, match="needs a file"):
         load_split(DataSpec("npz"), "train")
@@ -356,13 +356,13 @@ def test_fake_cifar100_directory(tmp_path):
 
 
 def test_cifar_missing_or_corrupt(tmp_path):
-    with pytest.raises(DataError, match="cifar10 needs its data directory: pass --data-root"):
+    with pytest.raises(DataError, match="cifar10 needs its data directory: pass root"):
         load_split(DataSpec("cifar10"), "train")
     with pytest.raises(DataError, match="does not exist"):
         load_split(DataSpec("cifar10", root=str(tmp_path / "nope")), "train")
     d = _fake_cifar10(tmp_path)
     os.remove(d / "data_batch_3")
-    with pytest.raises(DataError, match="data_batch_3 not found; pass --data-root the official"):
+    with pytest.raises(DataError, match="data_batch_3 not found; pass root the official"):
         load_split(DataSpec("cifar10", root=str(d)), "train")
     (d / "data_batch_3").write_bytes(b"garbage")
     with pytest.raises(DataError, match="data_batch_3 is unreadable"):
@@ -423,7 +423,7 @@ def test_fashion_mnist_corrupt_copy_reports_md5(tmp_path):
     spec = DataSpec("fashion-mnist", root=str(tmp_path))
     with pytest.raises(DataError, match=r"train-labels-idx1-ubyte is corrupt: MD5 [0-9a-f]{32}"
                                         r".*expected 9018921c.*apt-get install -y "
-                                        r"dataset-fashion-mnist.*--data-root DIR"):  # fmt: skip
+                                        r"dataset-fashion-mnist.*pass root DIR"):  # fmt: skip
         load_split(spec, "train")
     # A truncated gzip archive is a corrupt file too.
     os.remove(tmp_path / "train-labels-idx1-ubyte")
@@ -435,7 +435,7 @@ def test_fashion_mnist_corrupt_copy_reports_md5(tmp_path):
 
 
 def test_fashion_mnist_missing_files_say_what_to_install(tmp_path):
-    msg = r"apt-get install -y dataset-fashion-mnist\) or pass --data-root DIR"
+    msg = r"apt-get install -y dataset-fashion-mnist\) or pass root DIR"
     with pytest.raises(DataError, match="does not exist; install the Debian package.*" + msg):
         load_split(DataSpec("fashion-mnist", root=str(tmp_path / "nope")), "train")
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\[.gz\] not found.*" + msg):
