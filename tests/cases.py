@@ -54,32 +54,17 @@ def _cnn_bn() -> nn.Module:
     return model
 
 
+#: the one-block 4x4 patch-2 shape both tiny transformers share
+_TINY = dict(image_size=4, patch_size=2, in_chans=1, num_classes=NUM_CLASSES, embed_dim=6,
+             depth=1)
+
+
 def _vit1() -> nn.Module:
-    return build(
-        "vit",
-        image_size=4,
-        patch_size=2,
-        in_chans=1,
-        num_classes=NUM_CLASSES,
-        embed_dim=6,
-        depth=1,
-        num_heads=2,
-        mlp_ratio=1.0,
-    )
+    return build("vit", **_TINY, num_heads=2, mlp_ratio=1.0)
 
 
 def _mixer1() -> nn.Module:
-    return build(
-        "mixer",
-        image_size=4,
-        patch_size=2,
-        in_chans=1,
-        num_classes=NUM_CLASSES,
-        embed_dim=6,
-        depth=1,
-        tokens_dim=4,
-        channels_dim=8,
-    )
+    return build("mixer", **_TINY, tokens_dim=4, channels_dim=8)
 
 
 _FACTORIES = {"mlp": _mlp, "cnn_bn": _cnn_bn, "vit1": _vit1, "mixer1": _mixer1}

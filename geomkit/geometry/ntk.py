@@ -160,11 +160,7 @@ class NTKResult:
     def summary(self) -> dict[str, Any]:
         """The scalar fields as a JSON-able dict (no kernel, no eigenvalues)."""
         return {
-            "samples": self.n_samples,
-            "mode": self.mode,
-            "kappa": self.kappa,
-            "lambda_max": self.lambda_max,
-            "lambda_min": self.lambda_min,
+            **_spectrum_summary(self),
             "bn": self.bn,
             "n_params": self.n_params,
             "n_outputs": self.n_outputs,
@@ -211,11 +207,7 @@ class NTKInitResult:
     def summary(self) -> dict[str, Any]:
         """The scalar fields as a JSON-able dict (per-repeat κ under ``"kappas"``)."""
         return {
-            "samples": self.n_samples,
-            "mode": self.mode,
-            "kappa": self.kappa,
-            "lambda_max": self.lambda_max,
-            "lambda_min": self.lambda_min,
+            **_spectrum_summary(self),
             "kappa_std": self.kappa_std,
             "bn": self.bn,
             "repeats": self.repeats,
@@ -227,6 +219,12 @@ class NTKInitResult:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _spectrum_summary(r: NTKResult | NTKInitResult) -> dict[str, Any]:
+    """The leading keys both results' summaries share, in their order."""
+    return {"samples": r.n_samples, "mode": r.mode, "kappa": r.kappa,
+            "lambda_max": r.lambda_max, "lambda_min": r.lambda_min}
 
 
 def _select_params(model: nn.Module, params: Sequence[str] | None) -> list[str]:
