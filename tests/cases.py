@@ -84,6 +84,11 @@ TINY_VIT = dict(image_size=8, patch_size=4, in_chans=1, num_classes=10, embed_di
                 num_heads=2)
 
 
+#: `geomkit train` flags for a one-block ViT on the synthetic source (seconds to train)
+TINY_VIT_ARGS = ["--model", "vit-tiny", "--model-arg", "depth=1", "--model-arg", "embed_dim=16",
+                 "--model-arg", "num_heads=2", "--data", "synthetic"]
+
+
 def tiny_checkpoint(path, seed: int = 0, model: str = "vit", optimizer: str = "sgd",
                     label: str | None = None, **model_kwargs):
     """Save an untrained tiny model on digits as a checkpoint (for CLI and analysis tests).

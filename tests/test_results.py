@@ -1,5 +1,6 @@
 """Results files: round trip, order, done mask, atomic updates, errors, plain h5py."""
 
+import errno
 import math
 
 import h5py
@@ -70,21 +71,28 @@ def test_unfinished_measurement_is_not_counted(tmp_path):
     assert set(R.load_results(p)[0].measurements) == {"done_one"}
 
 
-def test_failed_update_leaves_file_untouched(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cause,raised,message", [
+    (RuntimeError("killed"), RuntimeError, "killed"),
+    (OSError(errno.ENOSPC, "No space left on device"), ResultFileError,
+     "cannot write {p}: no space left on device"),
+], ids=["killed", "full-disk"])
+def test_failed_update_leaves_file_untouched(tmp_path, monkeypatch, cause, raised, message):
     p = tmp_path / "r.h5"
     rf = R.ResultsFile(p)
     rf.put(_meta(), "m", {"v": 1}, settings={}, seconds=0)
     before = p.read_bytes()
 
-    def boom(group, values):
+    def fail(group, values):
         group.create_dataset("partial", data=1.0)
-        raise RuntimeError("killed")
+        raise cause
 
-    monkeypatch.setattr(R, "_write_tree", boom)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(R, "_write_tree", fail)
+    with pytest.raises(raised) as e:
         rf.put(_meta(), "m2", {"v": 2}, settings={}, seconds=0)
+    assert str(e.value) == message.format(p=p)
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == ["r.h5"]  # no temporary left behind
+    assert set(R.load_results(p)[0].measurements) == {"m"}
 
 
 def test_plain_h5py_layout(tmp_path):
@@ -131,27 +139,6 @@ def test_to_dataframe(tmp_path):
         return
     df = res.to_dataframe()
     assert df.loc["abc123-vit_x", "m.v"] == 1.0
-
-
-def test_full_disk_during_put_keeps_the_previous_file(tmp_path, monkeypatch):
-    import errno
-
-    p = tmp_path / "r.h5"
-    rf = R.ResultsFile(p)
-    rf.put(_meta(), "m", {"v": 1}, settings={}, seconds=0)
-    before = p.read_bytes()
-
-    def full(group, values):
-        group.create_dataset("partial", data=1.0)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(R, "_write_tree", full)
-    with pytest.raises(ResultFileError) as e:
-        rf.put(_meta(), "m2", {"v": 2}, settings={}, seconds=0)
-    assert str(e.value) == f"cannot write {p}: no space left on device"
-    assert p.read_bytes() == before
-    assert [q.name for q in tmp_path.iterdir()] == ["r.h5"]
-    assert set(R.load_results(p)[0].measurements) == {"m"}
 
 
 def test_nan_settings_are_valid_json_and_legacy_strings_still_read(tmp_path):

@@ -7,24 +7,9 @@ import sys
 import pytest
 
 from cli.main import main
+from tests.cases import TINY_VIT_ARGS
 
-TINY = [
-    "--model",
-    "vit-tiny",
-    "--model-arg",
-    "depth=1",
-    "--model-arg",
-    "embed_dim=16",
-    "--model-arg",
-    "num_heads=2",
-    "--data",
-    "synthetic",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
-    "--no-progress",
-]
+TINY = [*TINY_VIT_ARGS, "--epochs", "1", "--batch-size", "64", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,10 @@ import pytest
 import torch
 
 from geomkit.checkpoint import load_checkpoint
+from tests.cases import TINY_VIT_ARGS
 
-ARGS = [
-    "train",
-    "--model",
-    "vit-tiny",
-    "--model-arg",
-    "depth=1",
-    "--model-arg",
-    "embed_dim=16",
-    "--model-arg",
-    "num_heads=2",
-    "--data",
-    "synthetic",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--warmup-epochs",
-    "0",
-    "--no-progress",
-    "--json",
-]
+ARGS = ["train", *TINY_VIT_ARGS, "--epochs", "2", "--batch-size", "32", "--warmup-epochs", "0",
+        "--no-progress", "--json"]
 
 
 def _run(argv, nproc):
