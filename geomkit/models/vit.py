@@ -100,9 +100,7 @@ def _vit(
 def vit(
     image_size: int = 224, in_chans: int = 3, num_classes: int = 1000, **kw
 ) -> VisionTransformer:
-    return VisionTransformer(
-        image_size=image_size, in_chans=in_chans, num_classes=num_classes, **kw
-    )
+    return _vit({}, image_size, in_chans, num_classes, **kw)
 
 
 @register("vit-tiny", "small ViT for CPU studies (width 64, depth 4, 4 heads, MLP ×2)")
