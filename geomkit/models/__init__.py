@@ -8,13 +8,13 @@ from torch import nn
 
 from geomkit.models import mixer, resnet, vit  # noqa: F401  (register the families)
 from geomkit.models._naming import family_from_names
-from geomkit.models._registry import build, describe, family_of_name, list_models
+from geomkit.models._registry import build, build_model, describe, family_of_name, list_models
 from geomkit.models.mixer import MlpMixer
 from geomkit.models.resnet import ResNet
 from geomkit.models.vit import VisionTransformer
 
-__all__ = ["build", "describe", "family", "family_from_names", "list_models", "MlpMixer",
-           "ResNet", "VisionTransformer"]
+__all__ = ["build", "build_model", "describe", "family", "family_from_names", "list_models",
+           "MlpMixer", "ResNet", "VisionTransformer"]
 
 
 def family(model: nn.Module | str) -> str:

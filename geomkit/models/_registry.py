@@ -48,15 +48,31 @@ def describe(name: str) -> str:
 
 def _check(name: str) -> None:
     if name not in _REGISTRY:
-        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}, "
+                         "timm:NAME or package.module:callable (your own factory)")
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model: ``build("vit-tiny", image_size=8, in_chans=1, num_classes=10)``.
+    """Build a model: ``build("vit-tiny", image_size=8, in_chans=1, num_classes=10)``.
 
+    ``name`` is a registry name, ``timm:NAME`` (``timm.create_model``, never pretrained) or
+    ``package.module:callable`` (your own factory; see :mod:`geomkit.models.external`).
     The returned module carries ``geomkit_spec = {"name": name, "kwargs": kwargs}`` so that
     a checkpoint can rebuild it without pickling code.
     """
+    return build_model(name, kwargs)
+
+
+def build_model(name: str, kwargs: dict[str, Any], *, trusted: bool = True) -> nn.Module:
+    """:func:`build` with the kwargs as a dict; ``trusted=False`` when the spec comes from a
+    file (a checkpoint), which restricts ``module:callable`` factories (see
+    :mod:`geomkit.models.external`)."""
+    from geomkit.models.external import build_external, is_external
+
+    if is_external(name):
+        model = build_external(name, dict(kwargs), trusted=trusted)
+        model.geomkit_spec = {"name": name, "kwargs": dict(kwargs)}
+        return model
     _check(name)
     fn = _REGISTRY[name]
     sig = inspect.signature(fn)
