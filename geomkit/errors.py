@@ -49,5 +49,18 @@ class ResultFileError(GeomkitError):
     """A results file that is unreadable or does not match the requested computation."""
 
 
+class SpecMismatch(ResultFileError):
+    """A result file holds the same kind of computation with other settings.
+
+    ``keys`` names the settings that differ, so a caller can tell a stale input (a
+    retrained checkpoint: only ``checkpoint_sha256``) from changed settings.
+    """
+
+    def __init__(self, message: str = "", *, keys: tuple[str, ...] = (),
+                 param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.keys = tuple(keys)
+
+
 class TrainingDiverged(GeomkitError):
     """Training produced a non-finite loss; the last finite checkpoint is kept."""

@@ -327,8 +327,11 @@ _now = now_utc
 class ResultsFile:
     """A results file open for resumable, atomic updates.
 
-    Creating one on a path that does not exist writes an empty results file; an existing
-    path must already be a results file (else :class:`ResultFileError`).
+    Creating one on a path that does not exist writes an empty results file -- or, with
+    ``create=False``, nothing until the first :meth:`put` (a job that fails before its
+    first result leaves no empty file behind; until then :meth:`get` and :meth:`find`
+    find nothing and :meth:`load` is empty).  An existing path must already be a results
+    file (else :class:`ResultFileError`).
 
     Example:
         >>> import tempfile, os
@@ -340,17 +343,16 @@ class ResultsFile:
         3
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             _open(self.path).close()  # validates
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._update() as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["created"] = _now()
-                set_provenance(f)
-                f.create_group(_ROOT)
+        elif create:
+            with self._update():
+                pass
+
+    def _exists(self) -> bool:
+        return self.path.exists()
 
     class _Update:
         """Copy → modify → close → fsync → rename (:func:`geomkit.io.atomic_h5`), so the
@@ -363,6 +365,11 @@ class ResultsFile:
         @contextmanager
         def _run(self) -> Iterator[h5py.File]:
             with atomic_h5(self.path, copy=True) as f:
+                if "format" not in f.attrs:  # a new file
+                    f.attrs["format"] = FORMAT
+                    f.attrs["created"] = _now()
+                    set_provenance(f)
+                    f.create_group(_ROOT)
                 yield f
                 f.attrs["updated"] = _now()  # only a successful update is stamped
 
@@ -377,11 +384,15 @@ class ResultsFile:
         return ResultsFile._Update(self.path)
 
     def load(self) -> Results:
-        """The current contents (:func:`load_results`)."""
+        """The current contents (:func:`load_results`; empty while not yet written)."""
+        if not self._exists():
+            return Results(path=self.path.resolve(), attrs={}, records=())
         return load_results(self.path)
 
     def get(self, cid: str, name: str) -> Measurement | None:
         """The finished measurement ``name`` of checkpoint ``cid``, or None."""
+        if not self._exists():
+            return None
         with _open(self.path) as f:
             g = f.get(f"{_ROOT}/{cid}/{name}")
             return None if g is None else _measurement(name, g)
@@ -433,6 +444,8 @@ class ResultsFile:
 
     def drop(self, cid: str, name: str | None = None) -> None:
         """Remove one measurement of ``cid``, or the whole checkpoint (``name=None``)."""
+        if not self._exists():
+            return
         with self._update() as f:
             key = f"{_ROOT}/{cid}" + (f"/{name}" if name else "")
             if key in f:

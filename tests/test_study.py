@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
@@ -350,3 +351,40 @@ def test_density_file_is_tagged_reused_and_never_replaces_a_foreign_file(tmp_pat
         with pytest.raises(ResultFileError) as e:
             read_density(other)
         assert "\n" not in str(e.value)
+
+
+def test_landscape_stage_keeps_a_surface_of_other_settings_unless_forced(tmp_path: Path):
+    """Changed [landscape] settings are refused (the surface is kept) unless --force; a
+    surface of a checkpoint that was since retrained is stale and recomputed."""
+    from geomkit.study.run import RunRecord
+    from geomkit.study.stages import landscape_stage
+    from tests.cases import tiny_checkpoint
+
+    def cfg(seed: int):
+        return study_config_from_dict({"name": "t", "models": ["vit-tiny"], "seeds": [0],
+                                       "optimizers": ["vanilla"],
+                                       "landscape": {"x": [-1.0, 1.0, 3], "y": [-1.0, 1.0, 3],
+                                                     "samples": 8, "seed": seed}})
+
+    spec = cfg(0).runs()[0]
+    ck = tiny_checkpoint(tmp_path / "runs" / spec.name / "last.pt")
+    records = [RunRecord(spec, ck, "reused")]
+    path = landscape_stage(cfg(0), tmp_path, records, progress=False)["landscapes"][spec.name]
+    before = path.read_bytes()
+    with pytest.raises(SpecError, match=r"other \[landscape\] settings \(seed\); pass force"):
+        landscape_stage(cfg(1), tmp_path, records, progress=False)
+    assert path.read_bytes() == before
+    landscape_stage(cfg(1), tmp_path, records, force=True, progress=False)
+    assert path.read_bytes() != before
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["spec"])["seed"] == 1
+    tiny_checkpoint(ck, seed=5)  # retrained: the surface of the old weights is stale
+    landscape_stage(cfg(1), tmp_path, records, progress=False)
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["spec"])["checkpoint_sha256"] == load_sha(ck)
+
+
+def load_sha(path: Path) -> str:
+    from geomkit.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).sha256()

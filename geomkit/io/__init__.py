@@ -9,6 +9,13 @@ and the final name keeps its previous contents -- never a partial file.  An ``OS
 a one-line :class:`~geomkit.errors.ResultFileError`: ``cannot write PATH: no space left
 on device``.  geomkit's own errors and bugs propagate unchanged.
 
+HDF5 files are built in memory and written with plain Python writes
+(:func:`atomic_h5`), so the HDF5 library never meets a full disk while writing a new
+file.  :func:`probe_writable` fails early, before a long computation, where the result
+could not be written; :func:`exclusive_lock` keeps two processes from computing into one
+file (an advisory ``flock`` on the sidecar ``.NAME.lock``, released by the kernel when
+its holder dies).
+
 **HDF5.**  Every HDF5 file geomkit writes carries a root ``format`` tag
 (``geomkit-results/1``, ``geomkit-landscape-1``, ``geomkit-hessian/2``,
 ``geomkit-density/1``), a ``provenance`` JSON attribute (:func:`set_provenance`) and its
@@ -39,7 +46,9 @@ from ._atomic import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
+    is_write_failure,
     os_cause,
+    probe_writable,
     write_error,
 )
 from ._h5 import (
@@ -59,6 +68,7 @@ from ._h5 import (
     set_provenance,
 )
 from ._json import dumps_json, jsonable, loads_json
+from ._lock import exclusive_lock, lock_path
 
 #: Format tags of the files geomkit writes (the root ``format`` attribute).
 RESULTS_FORMAT = register_format("geomkit-results/1", "results file", "`geomkit analyze`")
@@ -109,15 +119,19 @@ __all__ = [
     "check_replace",
     "describe_mismatch",
     "dumps_json",
+    "exclusive_lock",
     "file_format",
     "get_json_attr",
     "get_provenance",
+    "is_write_failure",
     "jsonable",
+    "lock_path",
     "loads_json",
     "normalize_spec",
     "now_utc",
     "open_h5",
     "os_cause",
+    "probe_writable",
     "read_json",
     "register_format",
     "set_json_attr",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
+import errno
+import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from geomkit.errors import GeomkitError, ResultFileError
 
-from ._atomic import _one_line, atomic_path
+from ._atomic import _one_line, _os_error_in, _write_all, atomic_path, os_cause, write_error
 from ._json import dumps_json, loads_json
 
 if TYPE_CHECKING:
@@ -42,6 +44,16 @@ def _noun(kind: Kind) -> tuple[str, str]:
     if kinds:
         return f"{kinds[0]} file", "geomkit"
     return "HDF5 file", "geomkit"
+
+
+def _quiet() -> None:
+    """No HDF5 error stack on stderr from this thread (h5py silences only the thread it
+    was imported in; errors still reach Python as exceptions)."""
+    from h5py import _errors
+
+    silence = getattr(_errors, "silence_errors", None)
+    if silence is not None:
+        silence()
 
 
 def now_utc() -> str:
@@ -83,8 +95,8 @@ def _damaged(path: Path, noun: str, e: BaseException) -> str:
 class _Opened:
     """Context manager of :func:`open_h5`: the file, and one-line errors for damage."""
 
-    def __init__(self, f: h5py.File, path: Path, kind: Kind) -> None:
-        self.f, self.path, self.kind = f, path, kind
+    def __init__(self, f: h5py.File, path: Path, kind: Kind, mode: str = "r") -> None:
+        self.f, self.path, self.kind, self.mode = f, path, kind, mode
 
     def __enter__(self) -> h5py.File:
         return self.f
@@ -92,12 +104,26 @@ class _Opened:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             self.f.close()
-        except Exception:
+        except Exception as e:
             if exc is None:
+                failed = self._write_failure(e)
+                if failed is not None:
+                    raise failed from e
                 raise
         if exc is None or isinstance(exc, GeomkitError) or not isinstance(exc, Exception):
             return False
+        failed = self._write_failure(exc)  # a full disk, not a damaged file
+        if failed is not None:
+            raise failed from exc
         raise ResultFileError(_damaged(self.path, _noun(self.kind)[0], exc)) from exc
+
+    def _write_failure(self, e: BaseException) -> ResultFileError | None:
+        """``cannot write PATH: CAUSE`` for a failed system call of a file open for
+        writing (an error reading stays "damaged")."""
+        if self.mode == "r":
+            return None
+        os_err = _os_error_in(e)
+        return None if os_err is None else write_error(self.path, os_err)
 
     # used without `with`: behave like the h5py.File
     def __getattr__(self, name: str) -> Any:
@@ -112,7 +138,11 @@ def open_h5(path: str | Path, mode: str = "r", *, kind: Kind = None,
     """Open an existing HDF5 file geomkit reads or updates in place; use with ``with``.
 
     Args:
-        mode: ``"r"`` or ``"r+"`` (new files are written by :func:`atomic_h5`).
+        mode: ``"r"`` or ``"r+"`` (new files are written by :func:`atomic_h5`).  In
+            ``"r+"`` dataset writes are synchronous (no sieve buffer), so a failed write
+            raises where it is made; call ``f.flush()`` before leaving the block to see
+            a failed metadata write there too.  A write that fails (full disk, read-only
+            file system, ...) raises ``cannot write PATH: CAUSE``.
         kind: the format tag(s) the root ``format`` attribute must hold; None = any
             HDF5 file (e.g. a landscape file of the reference tool).
         untagged: also accept a file with no ``format`` attribute at all (files geomkit
@@ -123,8 +153,6 @@ def open_h5(path: str | Path, mode: str = "r", *, kind: Kind = None,
             HDF5 or is damaged (also when the damage shows only while reading inside the
             ``with`` block), or another format tag.
     """
-    import h5py
-
     if mode not in ("r", "r+"):
         raise ValueError(f"open_h5 opens existing files ('r' or 'r+'), not {mode!r}")
     path = Path(path)
@@ -133,11 +161,20 @@ def open_h5(path: str | Path, mode: str = "r", *, kind: Kind = None,
         raise ResultFileError(f"no such {noun}: {path}")
     if not path.is_file():
         raise ResultFileError(f"not a {noun}: {path} is not a file")
+    _quiet()
     try:
-        f = h5py.File(path, mode)
+        f = _open_waiting(path, mode)
     except Exception as e:
         if isinstance(e, GeomkitError):
             raise
+        if _is_locked(e):
+            raise ResultFileError(
+                f"{path} is open for writing in another process (HDF5 file lock); try "
+                "again when it is done") from None
+        if mode != "r":  # a read-only file system or directory, not a damaged file
+            os_err = _os_error_in(e)
+            if os_err is not None and _can_read(path):
+                raise write_error(path, os_err) from None
         raise ResultFileError(
             f"{path} is not an HDF5 file (or is damaged: {_cause(e)}); "
             f"pass a {noun} written by {writer}"
@@ -156,32 +193,141 @@ def open_h5(path: str | Path, mode: str = "r", *, kind: Kind = None,
                 f"{path} is an HDF5 file but not a geomkit {noun} ({found}, expected "
                 f"{kinds[0]!r}); pass a file written by {writer}"
             )
-    return _Opened(f, path, kind)
+    return _Opened(f, path, kind, mode)
+
+
+def _open_synchronous(path: Path) -> h5py.File:
+    """``h5py.File(path, "r+")`` whose writes reach the disk where they are made.
+
+    Without the sieve buffer a dataset write is a ``write(2)`` at once: a full disk or a
+    read-only file system fails it as an OSError in the ``ds[...] = v`` that made it.
+    With the buffer the write happens later, when the dataset's id is freed, where h5py
+    can only print the error -- and the half-freed file then crashes the interpreter
+    (hundreds of error lines, exit 139).  Metadata (attributes) stays cached until the
+    file is flushed: flush explicitly inside the ``with`` block to see its errors there.
+    """
+    import h5py
+    from h5py import h5f, h5p
+
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5f.LIBVER_EARLIEST, h5f.LIBVER_LATEST)  # as h5py.File
+    fapl.set_sieve_buf_size(0)
+    return h5py.File(h5f.open(os.fsencode(path), h5f.ACC_RDWR, fapl=fapl))
+
+
+def _is_locked(e: BaseException) -> bool:
+    """HDF5 could not take its own ``flock`` of the file: another process has it open
+    for writing (h5py: ``unable to lock file, errno = 11``)."""
+    os_err = _os_error_in(e)
+    return (os_err is not None and os_err.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+            and "lock" in str(e))
+
+
+#: seconds :func:`open_h5` waits for another process's HDF5 lock of the file
+LOCK_WAIT = 5.0
+
+
+def _open_waiting(path: Path, mode: str) -> h5py.File:
+    """Open ``path``; while another process holds HDF5's lock of it (a flush of a few
+    milliseconds, typically), try again for up to :data:`LOCK_WAIT` seconds."""
+    import h5py
+
+    deadline = time.monotonic() + LOCK_WAIT
+    delay = 0.01
+    while True:
+        try:
+            return h5py.File(path, "r") if mode == "r" else _open_synchronous(path)
+        except Exception as e:
+            if not _is_locked(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)
+
+
+def _can_read(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except Exception:
+        return False
+
+
+def _raised_in_h5py(e: BaseException) -> bool:
+    """True when ``e`` was raised inside h5py (a damaged file), not by the caller's code."""
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return False
+    name = last.tb_frame.f_code.co_filename.replace(os.sep, "/")
+    return name.startswith("h5py/") or "/h5py/" in name
+
+
+def _memory_file(tmp: Path, image: bytes | None) -> h5py.File:
+    """An HDF5 file that lives in memory only (core driver, no backing store), empty or
+    holding ``image`` (the bytes of an HDF5 file) for appending.
+
+    Its name is unique in this process (``tmp`` is) and never on the disk: the core
+    driver refuses a file image under the name of an existing file."""
+    import h5py
+
+    name = tmp.with_name(tmp.name + ".in-memory")
+    if image is None:
+        return h5py.File(name, "w", driver="core", backing_store=False)
+    from h5py import h5f, h5p
+
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_fapl_core(backing_store=False)
+    fapl.set_file_image(image)
+    return h5py.File(h5f.open(os.fsencode(name), h5f.ACC_RDWR, fapl=fapl))
 
 
 @contextmanager
 def atomic_h5(path: str | Path, *, copy: bool = False) -> Iterator[h5py.File]:
     """A new HDF5 file that appears under ``path`` only once complete.
 
-    Yields an ``h5py.File`` open on a temporary file beside ``path`` (with ``copy`` and an
-    existing ``path``: a copy of it, opened for appending).  On a normal exit the file is
-    closed, fsynced and renamed onto ``path``; on an exception it is closed and removed,
-    and ``path`` keeps its old contents (see :func:`~geomkit.io.atomic_path` for the
-    one-line error an ``OSError`` becomes).
-    """
-    import h5py
+    Yields an ``h5py.File`` built in memory (with ``copy`` and an existing ``path``: a
+    copy of it, for appending).  On a normal exit its bytes are written to a temporary
+    file beside ``path``, fsynced and renamed onto ``path``; on an exception nothing is
+    written, the temporary file is removed and ``path`` keeps its old contents (see
+    :func:`~geomkit.io.atomic_path` for the one-line error an ``OSError`` becomes).
 
+    The HDF5 library itself never writes to the disk here: a full disk, a quota or a
+    read-only file system fails a plain Python ``write``, with its errno -- never inside
+    HDF5, whose failed ``close`` leaves its objects half-freed (hundreds of error lines,
+    then a segmentation fault that leaves the temporary file filling the disk).
+    """
     path = Path(path)
+    _quiet()
     with atomic_path(path) as tmp:
+        image = None
         if copy and path.exists():
-            shutil.copyfile(path, tmp)
-            f = h5py.File(tmp, "a")
-        else:
-            f = h5py.File(tmp, "w")
+            try:
+                image = path.read_bytes()
+            except OSError as e:
+                raise ResultFileError(f"cannot read {path}: {os_cause(e)}") from None
+        try:
+            f = _memory_file(tmp, image)
+        except Exception as e:  # noqa: BLE001 - h5py's errors on a damaged image vary
+            raise ResultFileError(_damaged(path, "HDF5 file", e)) from None
         try:
             yield f
+            f.flush()
+            data = f.id.get_file_image()
+        except Exception as e:
+            if image is not None and _raised_in_h5py(e):  # appending to a damaged copy
+                raise ResultFileError(_damaged(path, "HDF5 file", e)) from None
+            raise
         finally:
             f.close()
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
 
 
 def set_json_attr(node: Any, key: str, value: Any, *, sort_keys: bool = True) -> None:
@@ -251,6 +397,7 @@ def check_replace(path: str | Path, kind: Kind, spec: Mapping[str, Any] | None =
     kinds = _kinds(kind)
     if not path.is_file():
         raise ResultFileError(f"refusing to replace {path}: it is not a file")
+    _quiet()
     try:
         with h5py.File(path, "r") as f:
             tag = file_format(f)

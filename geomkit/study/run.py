@@ -177,18 +177,18 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
     for i, run in enumerate(runs):
         rdir = out_dir / "runs" / run.name
         path = rdir / "last.pt"
-        if force and train:
-            for f in ("last.pt", "best.pt"):
-                (rdir / f).unlink(missing_ok=True)
+        # --force retrains over the old run, which stays whole until each new checkpoint
+        # atomically replaces it (deleting it first loses it on a full disk)
+        retrain = force and train
         ck = None
-        if path.exists():
+        if path.exists() and not retrain:
             try:
                 ck = load_checkpoint(path)
             except CheckpointError:
                 if not train:
                     raise
                 _log(progress, f"{run.name}: unreadable checkpoint, training again")
-                path.unlink()
+                retrain = True
         if ck is not None:
             why = _mismatch(run, ck)
             if why:
@@ -204,8 +204,10 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
         status = "resumed" if ck is not None else "trained"
         _log(progress, f"train {i + 1}/{len(runs)}: {run.name}"
              + (f" (resuming at epoch {ck.epoch})" if ck is not None else ""))
-        rdir.mkdir(parents=True, exist_ok=True)
-        train_run(run.train_config, rdir, resume=True, progress=progress)
+        # no mkdir here: the checkpoint writer makes the directory (and removes it again
+        # when the first write fails)
+        train_run(run.train_config, rdir, resume=not retrain, overwrite=retrain,
+                  progress=progress)
         records.append(_record(run, path, status, load_checkpoint(path)))
     return records
 
@@ -265,8 +267,7 @@ def run_study(
 
 def _run(config: StudyConfig, out_dir: str | Path, force: bool, selected: tuple[str, ...],
          progress: bool) -> StudyResult:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made by its first write (nothing left when that fails)
     seconds: dict[str, float] = {}
     extra: dict[str, Any] = {}
 

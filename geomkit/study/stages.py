@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geomkit.errors import ResultFileError
+from geomkit.errors import ResultFileError, SpecError, SpecMismatch
 from geomkit.study._log import log as _log
 from geomkit.study.config import StudyConfig
 
@@ -120,20 +120,39 @@ def landscape_stage(config: StudyConfig, out_dir: Path, runs: Sequence[Any], *,
     files: dict[str, Path] = {}
     for i, r in enumerate(runs):
         path = out_dir / "landscapes" / f"{r.name}.h5"
-        if force:
-            path.unlink(missing_ok=True)
+        if force:  # --force redoes the stage
+            _remove(path)
         kw = dict(x=ls.x, y=ls.y, samples=ls.samples, seed=ls.seed, norm=ls.norm,
                   ignore=ls.ignore, progress=progress)
         _log(progress, f"landscape {i + 1}/{len(runs)}: {r.name}")
         try:
             surf = landscape_from_checkpoint(r.checkpoint, path, **kw)
-        except ResultFileError as e:  # retrained checkpoint or changed grid: start over
-            _log(progress, f"landscape: {path.name} is stale ({str(e)[:100]}...); recomputing")
-            path.unlink(missing_ok=True)
+        except SpecMismatch as e:
+            # A surface of a checkpoint that was since retrained or trained on is stale
+            # and is recomputed; one of other [landscape] settings is kept unless --force
+            # (only this mismatch: a busy file or a full disk is never deleted).
+            if set(e.keys) - {"checkpoint_sha256"}:
+                raise SpecError(f"{path} was computed with other [landscape] settings "
+                                f"({', '.join(k for k in e.keys if k != 'checkpoint_sha256')}"
+                                "); pass force to recompute it, or use another output "
+                                "directory", param="force") from None
+            _log(progress, f"landscape: {path.name} is of another checkpoint or setting; "
+                 "recomputing")
+            _remove(path)
             surf = landscape_from_checkpoint(r.checkpoint, path, **kw)
         if surf.complete:
             files[r.name] = path
     return {"landscapes": files}
+
+
+def _remove(path: Path) -> None:
+    """Delete a stale result file; a refusing file system is one line, not a traceback."""
+    from geomkit.io import write_error
+
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 # -- stage 4: figures and report -----------------------------------------------------------

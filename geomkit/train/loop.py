@@ -31,7 +31,8 @@ from geomkit import distributed
 from geomkit.checkpoint import load_checkpoint, save_checkpoint
 from geomkit.data import DataSpec, augment_batch, info, load_split
 from geomkit.device import resolve_device
-from geomkit.errors import CheckpointError, GeomkitError, SpecError, TrainingDiverged
+from geomkit.errors import CheckpointError, SpecError, TrainingDiverged
+from geomkit.io import probe_writable
 from geomkit.models import build, family
 from geomkit.train.config import TrainConfig
 from geomkit.train.sam import SAM, sam_step
@@ -167,6 +168,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     same_as: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write ``out_dir/last.pt`` after every epoch.
 
@@ -175,7 +177,9 @@ def train(
     the optimizer state follows the parameters to that device); a finished run returns
     immediately. ``same_as`` names the fields of ``cfg`` the caller set on purpose: a
     stored run that differs in any of them is refused instead of silently continued with
-    its own settings. Without ``resume`` an existing run in ``out_dir`` is never replaced.
+    its own settings. Without ``resume`` an existing run in ``out_dir`` is never replaced,
+    unless ``overwrite``: then the run starts afresh and each of its checkpoints replaces
+    the old one atomically when it is written (until then the old run stays whole).
 
     Raises:
         CheckpointError: ``out_dir`` is a file, or holds a run and ``resume`` is off.
@@ -189,11 +193,11 @@ def train(
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"out {out_dir} is a file, not a run directory; choose another "
                               "out", param="out")
-    if last.exists() and not resume:
+    if last.exists() and not (resume or overwrite):
         raise CheckpointError(_existing_run(last), param="resume")
     start_epoch, opt_state = 0, None
     prior_metrics: dict[str, Any] = {}
-    if resume and last.exists():
+    if resume and last.exists() and not overwrite:
         ck = load_checkpoint(last)
         _check_same(TrainConfig.from_dict(ck.config), cfg, same_as, last)
         # The stored run wins, except where it runs: a run saved on "cuda" (or "cuda:1")
@@ -205,8 +209,10 @@ def train(
         raise SpecError(f"bf16 autocast runs on CUDA only, not on {device.type}; drop bf16 "
                         "(the checkpoint would record a precision that was not used)",
                         param="bf16")
-    ddp = distributed.init(device)
     spec = DataSpec.from_dict(cfg.data)
+    spec.check_memory("train")  # before the data loads or the model is built
+    probe_writable(last)  # an unwritable out fails now, not after the first epoch
+    ddp = distributed.init(device)
     dinfo = info(spec)
     kwargs = {
         "image_size": dinfo.image_size,
@@ -234,7 +240,7 @@ def train(
     n = len(x_train)
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1 and cfg.batch_size % world:
-        raise GeomkitError(
+        raise SpecError(
             f"batch_size {cfg.batch_size} must be divisible by the {world} processes",
             param="batch_size",
         )
@@ -243,7 +249,7 @@ def train(
     # slices would be averaged with equal weights), so the incomplete last batch is dropped.
     steps_per_epoch = n // cfg.batch_size if world > 1 else math.ceil(n / cfg.batch_size)
     if steps_per_epoch < 1:
-        raise GeomkitError(f"batch_size {cfg.batch_size} exceeds the {n} training examples",
+        raise SpecError(f"batch_size {cfg.batch_size} exceeds the {n} training examples",
                            param="batch_size")
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))

@@ -43,6 +43,11 @@ def _case():
     return case, random_directions(case.model, 2, seed=0)
 
 
+def _compute(path, case, dirs, grid=GRID, spec=SPEC, **kw):
+    return compute_landscape(path, case.model, case.inputs, case.targets, dirs, grid, spec=spec,
+                             **kw)
+
+
 def _count_forwards(model):
     calls = []
     handle = model.register_forward_hook(lambda *a: calls.append(1))
@@ -54,17 +59,7 @@ def test_file_layout_reference_names_scales_and_attrs(tmp_path, device):
     case = cpu.to(device)
     dirs = random_directions(case.model, 2, seed=0)  # on the device: written via the CPU
     path = tmp_path / "surf.h5"
-    res = compute_landscape(
-        path,
-        case.model,
-        case.inputs,
-        case.targets,
-        dirs,
-        GRID,
-        spec=SPEC,
-        attrs={"checkpoint": "/x/ckpt.pt"},
-        batch_size=8,
-    )
+    res = _compute(path, case, dirs, attrs={"checkpoint": "/x/ckpt.pt"}, batch_size=8)
     mem = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID, batch_size=8)
     np.testing.assert_array_equal(res.loss, mem.loss)
     ref = loss_landscape(cpu.model, cpu.inputs, cpu.targets, cpu_dirs, GRID, batch_size=8)
@@ -130,17 +125,7 @@ def test_resume_never_recomputes_a_finished_point(tmp_path, device):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        compute_landscape(
-            path,
-            case.model,
-            case.inputs,
-            case.targets,
-            dirs,
-            GRID,
-            spec=SPEC,
-            flush_interval=0,
-            callback=stop_after_7,
-        )
+        _compute(path, case, dirs, flush_interval=0, callback=stop_after_7)
     part = read_landscape(path)
     assert part.done.sum() == 7 and not part.complete
     assert np.isnan(part.loss[~part.done]).all()
@@ -166,9 +151,7 @@ def test_resume_never_recomputes_a_finished_point(tmp_path, device):
     np.testing.assert_allclose(res.loss, ref.loss, rtol=1e-12)  # float64, the CPU surface
     np.testing.assert_array_equal(res.acc, ref.acc)
     calls, h = _count_forwards(case.model)
-    compute_landscape(
-        path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC, resume=True
-    )
+    _compute(path, case, dirs, resume=True)
     h.remove()
     assert calls == []  # a finished file is not recomputed
 
@@ -176,7 +159,7 @@ def test_resume_never_recomputes_a_finished_point(tmp_path, device):
 def test_mismatched_spec_is_refused_and_file_untouched(tmp_path):
     case, dirs = _case()
     path = tmp_path / "surf.h5"
-    compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+    _compute(path, case, dirs)
     before = path.read_bytes()
     for spec, grid in (
         ({**SPEC, "seed": 1}, GRID),
@@ -193,28 +176,15 @@ def test_mismatched_spec_is_refused_and_file_untouched(tmp_path):
         )
     assert path.read_bytes() == before
     with pytest.raises(ResultFileError, match="nothing to resume"):
-        compute_landscape(
-            tmp_path / "new.h5",
-            case.model,
-            case.inputs,
-            case.targets,
-            dirs,
-            GRID,
-            spec=SPEC,
-            resume=True,
-        )
+        _compute(tmp_path / "new.h5", case, dirs, resume=True)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ResultFileError):
-        compute_landscape(
-            tmp_path / "junk.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC
-        )
+        _compute(tmp_path / "junk.h5", case, dirs)
 
 
 def test_shards_merge_to_the_single_run(tmp_path):
     case, dirs = _case()
-    single = compute_landscape(
-        tmp_path / "one.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC
-    )
+    single = _compute(tmp_path / "one.h5", case, dirs)
     parts = []
     for i in range(3):
         p = shard_path(tmp_path / "surf.h5", i, 3)
@@ -232,9 +202,7 @@ def test_shards_merge_to_the_single_run(tmp_path):
     assert merged.complete and merged.attrs["shard"] == "0/1"
     # the merged file is what the unsharded command would have written: it resumes as complete
     calls, h = _count_forwards(case.model)
-    compute_landscape(
-        tmp_path / "surf.h5", case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC
-    )
+    _compute(tmp_path / "surf.h5", case, dirs)
     h.remove()
     assert calls == []
     other = tmp_path / "other.h5"
@@ -288,7 +256,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_surface(tmp_path):
     part = read_landscape(path)
     assert 4 <= part.done.sum() < GRID.size
     case, dirs = _case()
-    res = compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+    res = _compute(path, case, dirs)
     full = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID)
     assert res.complete
     np.testing.assert_array_equal(res.loss, full.loss)
@@ -359,8 +327,7 @@ def test_the_surface_type_and_reader_live_in_the_io_layer(tmp_path):
     case, dirs = _case()
     mem = loss_landscape(case.model, case.inputs, case.targets, dirs, GRID, batch_size=8)
     assert isinstance(mem, il.Landscape)
-    res = compute_landscape(tmp_path / "s.h5", case.model, case.inputs, case.targets, dirs,
-                            GRID, spec=SPEC)
+    res = _compute(tmp_path / "s.h5", case, dirs)
     assert isinstance(res, il.Landscape) and isinstance(read_landscape(res.path), il.Landscape)
     with h5py.File(res.path, "r") as f:
         assert f.attrs["format"] == "geomkit-landscape-1"
@@ -389,8 +356,7 @@ def test_files_geomkit_did_not_write_are_never_replaced(tmp_path):
             merge_shards(parts, target)
         assert "\n" not in str(e.value) and str(target) in str(e.value)
         with pytest.raises(ResultFileError) as e:
-            compute_landscape(target, case.model, case.inputs, case.targets, dirs, GRID,
-                              spec=SPEC)
+            _compute(target, case, dirs)
         assert "\n" not in str(e.value)
         assert target.read_bytes() == before
 
@@ -407,7 +373,7 @@ def test_full_disk_at_creation_leaves_no_file(tmp_path, monkeypatch):
     case, dirs = _case()
     path = tmp_path / "surf.h5"
     with pytest.raises(ResultFileError) as e:
-        compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+        _compute(path, case, dirs)
     assert str(e.value) == f"cannot write {path}: no space left on device"
     assert list(tmp_path.iterdir()) == []
 
@@ -415,7 +381,7 @@ def test_full_disk_at_creation_leaves_no_file(tmp_path, monkeypatch):
 def test_damaged_landscape_file_is_one_line(tmp_path):
     case, dirs = _case()
     path = tmp_path / "surf.h5"
-    compute_landscape(path, case.model, case.inputs, case.targets, dirs, GRID, spec=SPEC)
+    _compute(path, case, dirs)
     data = bytearray(path.read_bytes())
     at = data.find(b"GCOL")  # the global heap of the string attributes
     assert at > 0
@@ -425,3 +391,30 @@ def test_damaged_landscape_file_is_one_line(tmp_path):
     with pytest.raises(ResultFileError) as e:
         read_landscape(bad)
     assert "\n" not in str(e.value) and str(bad) in str(e.value)
+
+
+def test_the_loss_reaches_the_surface_and_its_spec(tmp_path):
+    from geomkit.geometry.landscape import evaluate_points
+
+    case, dirs = _case()
+    coords = GRID.coords(np.arange(GRID.size))
+    plain = _compute(tmp_path / "ce.h5", case, dirs)
+    with h5py.File(tmp_path / "ce.h5") as f:
+        ce_spec = f.attrs["spec"]
+    assert "loss" not in str(ce_spec)  # files from before the loss was an option still match
+    for loss in ("mse", "ce:0.1", "bce"):
+        path = tmp_path / f"{loss.replace(':', '_')}.h5"
+        res = _compute(path, case, dirs, loss=loss)
+        want, _ = evaluate_points(case.model, case.inputs, case.targets, dirs, coords, loss=loss)
+        np.testing.assert_allclose(res.loss.reshape(-1), want, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(res.loss, plain.loss)
+        before = path.read_bytes()
+        with pytest.raises(ResultFileError, match="another spec"):
+            _compute(path, case, dirs, loss="ce")
+        assert path.read_bytes() == before
+    # a loss named as ce with smoothing zero is plain ce: the same file resumes
+    same = _compute(tmp_path / "ce.h5", case, dirs, loss="ce:0")
+    np.testing.assert_array_equal(same.loss, plain.loss)
+    with pytest.raises(SpecError, match="unknown loss"):
+        _compute(tmp_path / "x.h5", case, dirs, loss="hinge")
+    assert not (tmp_path / "x.h5").exists()

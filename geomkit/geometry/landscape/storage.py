@@ -14,8 +14,13 @@ Layout (readable by the reference tool's plotting scripts and by plain h5py)::
 
 Row ``i`` is ``y_i`` and column ``j`` is ``x_j``: ``contour(*meshgrid(x, y), Z)``.
 The file is created whole through :func:`geomkit.io.atomic_h5` (temporary file, fsync,
-rename), then reopened in place for each flush (values first, then ``done``), so a
-killed run leaves a file whose ``done`` mask only marks finished points.  A file whose
+rename; built in memory, so a full disk fails one Python write, never the HDF5
+library), then reopened in place for each flush (values first, then ``done``), so a
+killed run -- or one whose flush fails on a full disk -- leaves a file whose ``done``
+mask only marks finished points.  Every array is allocated at creation: a flush only
+overwrites bytes already on the disk, so a run goes on when the disk fills up after it
+started.  While a process computes into a file it holds :func:`_computing` (an advisory
+lock); a second process on the same file is refused in one line.  A file whose
 spec differs from the request, or that is not a geomkit landscape file, is refused with
 :class:`~geomkit.errors.ResultFileError`, never overwritten.  Reading
 (:class:`~geomkit.io.landscape.Landscape`, :func:`read_landscape`) lives in
@@ -35,13 +40,14 @@ import torch
 from torch import nn
 
 from geomkit import distributed
-from geomkit.errors import ResultFileError, SpecError
+from geomkit.errors import ResultFileError, SpecError, SpecMismatch
 from geomkit.io import (
     LANDSCAPE_FORMAT,
     atomic_h5,
     check_replace,
     describe_mismatch,
     dumps_json,
+    exclusive_lock,
     get_json_attr,
     normalize_spec,
     open_h5,
@@ -104,6 +110,22 @@ def directions_sha256(directions: Sequence[Direction]) -> str:
     return h.hexdigest()
 
 
+def loss_spec(loss: str | Callable[..., torch.Tensor], label_smoothing: float = 0.0) -> dict:
+    """The spec entry of a loss: empty for plain ``ce`` (files written before the loss was
+    an option keep matching), else ``{"loss": "ce:0.1" | "bce" | "mse" | "callable:mod.fn"}``."""
+    from geomkit.geometry._inputs import resolve_loss
+
+    resolve_loss(loss, label_smoothing)  # validates (one-line SpecError)
+    if callable(loss):
+        name = getattr(loss, "__qualname__", type(loss).__qualname__)
+        return {"loss": f"callable:{getattr(loss, '__module__', '?')}.{name}"}
+    base, _, arg = loss.partition(":")
+    eps = float(arg) if arg else float(label_smoothing)
+    if base == "ce" and eps == 0:
+        return {}
+    return {"loss": f"ce:{eps:g}" if base == "ce" else base}
+
+
 def _to_attr(v: Any) -> Any:
     """HDF5-attribute-safe value: None -> "", str subclasses (TorchVersion) -> str."""
     if v is None:
@@ -121,11 +143,22 @@ def _open(path: Path, mode: str) -> Any:
     return open_h5(path, mode, kind=FORMAT)
 
 
-def _read_spec(f: Any, path: Path) -> dict:
+def _computing(path: Path) -> Any:
+    """The lock a process holds while it computes into (or merges onto) ``path``: one
+    process per file, the second refused in one line (:func:`geomkit.io.exclusive_lock`;
+    a killed holder never blocks, its lock file is taken over)."""
+    return exclusive_lock(
+        path, busy="is being computed by another process",
+        hint="wait for it to finish (rerunning the same command then reuses its points) "
+        "or choose another out", param="out")
+
+
+def _read_spec(f: Any, path: Path, hint: str = "choose another out") -> dict:
+    """The stored spec; ``hint`` ends the error (an output's or an input's remedy)."""
     spec = get_json_attr(f, "spec")
     if not isinstance(spec, dict):
-        raise ResultFileError(f"{path} is not a geomkit landscape file (no spec); "
-                              "choose another --out")
+        raise ResultFileError(f"{path} is not a geomkit landscape file (no spec); {hint}",
+                              param="out" if "out" in hint.split() else None)
     return spec
 
 
@@ -201,7 +234,12 @@ def read_directions(path: str | Path) -> list[Direction]:
 
 
 class _Writer:
-    """Buffers finished points and flushes them to the file every ``interval`` seconds."""
+    """Buffers finished points and flushes them to the file every ``interval`` seconds.
+
+    A flush that cannot write (full disk, read-only file system, quota) raises a one-line
+    :class:`~geomkit.errors.ResultFileError`; the file keeps the points of the flushes
+    before (values are written before ``done``), and later flushes are not tried.
+    """
 
     def __init__(self, path: Path, flat: np.ndarray, shape, interval: float, callback):
         self.path, self.flat, self.shape = path, flat, shape
@@ -210,6 +248,20 @@ class _Writer:
         self.last = time.perf_counter()
         self.start = self.last
         self.count = 0
+        self.failed = False
+        self._guard(lambda: _open(self.path, "r+").close())  # unwritable: fail before any work
+
+    def _guard(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except ResultFileError as e:
+            self.failed = True
+            if not str(e).startswith(f"cannot write {self.path}"):
+                raise
+            raise ResultFileError(
+                f"{e}; the points flushed before are kept in the file: rerun the same "
+                "command to compute the rest once it can be written"
+            ) from e
 
     def __call__(self, p: int, loss: float, acc: float) -> None:
         self.pending.append((int(self.flat[p]), loss, acc))
@@ -217,14 +269,19 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
+        if not self.pending or self.failed:
             return
+        self._guard(self._flush)
+
+    def _flush(self) -> None:
         idx = np.array([k for k, _, _ in self.pending])
         order = np.argsort(idx)
         idx = idx[order]
         lv = np.array([v for _, v, _ in self.pending])[order]
         av = np.array([v for _, _, v in self.pending])[order]
         now = time.perf_counter()
+        # synchronous writes (open_h5 "r+"): a full disk fails the write that meets it,
+        # as an exception here -- values first, then done, then the timing attributes
         with _open(self.path, "r+") as f:
             for name, vals in (("train_loss", lv), ("train_acc", av)):
                 arr = f[name][...].reshape(-1)
@@ -234,10 +291,12 @@ class _Writer:
             done = f["done"][...].reshape(-1)
             done[idx] = True
             f["done"][...] = done.reshape(self.shape)
+            f.flush()
             f.attrs["compute_seconds"] = float(f.attrs["compute_seconds"]) + (now - self.last)
             n_done = int(done.sum())
             if f.attrs["compute_seconds"] > 0:
                 f.attrs["points_per_s"] = n_done / float(f.attrs["compute_seconds"])
+            f.flush()  # a failed metadata write raises here, not while closing
         self.count += len(self.pending)
         self.pending = []
         self.last = now
@@ -264,6 +323,8 @@ def compute_landscape(
     flush_interval: float = 5.0,
     progress: bool = False,
     callback: Callable[[int, int], None] | None = None,
+    loss: str | Callable[..., torch.Tensor] = "ce",
+    label_smoothing: float = 0.0,
 ) -> Landscape:
     """Evaluate a surface into the resumable HDF5 file ``path`` and return it.
 
@@ -280,13 +341,18 @@ def compute_landscape(
             :func:`shard_path` followed by a merge into ``path`` on rank 0.
         resume: True = ``path`` must already exist; None/False = resume it if it
             exists with the same spec, else create it.  Finished points are never
-            recomputed.
+            recomputed.  While one process computes into ``path`` another one on the
+            same ``path`` is refused (one-line ResultFileError naming the holder's pid):
+            rerun it when the first is done and it reuses every point.
         flush_interval: seconds between flushes of finished points to the file.
         callback: ``callback(done, total)`` after each flush.
+        loss, label_smoothing: as :func:`evaluate_points` (``ce`` by default); any other
+            loss is part of the spec (a callable by its qualified name).
     """
     path = Path(path)
     spec = dict(spec or {})
     spec.update(grid.spec())
+    spec.update(loss_spec(loss, label_smoothing))
     if shard is None and distributed.launched():
         distributed.init(device)
         r, w = distributed.rank(), distributed.world_size()
@@ -310,6 +376,8 @@ def compute_landscape(
                 flush_interval=flush_interval,
                 progress=progress and r == 0,
                 callback=callback,
+                loss=loss,
+                label_smoothing=label_smoothing,
             )
             distributed.barrier()
             if r == 0:
@@ -320,62 +388,70 @@ def compute_landscape(
     i_shard, n_shard = shard
     if not 0 <= i_shard < n_shard:
         raise SpecError(f"shard must be i/n with 0 <= i < n, got {i_shard}/{n_shard}")
-    if path.exists():
+    with _computing(path):  # one process per file: a second one is refused
+        if path.exists():
+            with _open(path, "r") as f:
+                old = _read_spec(f, path)
+                old_shard = str(f.attrs.get("shard", "0/1"))
+            norm = normalize_spec(spec)
+            if old != norm:
+                raise SpecMismatch(
+                    f"{path} was computed with another spec "
+                    f"({_describe_mismatch(old, norm)}); choose another out or delete the file",
+                    keys=tuple(sorted(k for k in set(old) | set(norm)
+                                      if old.get(k) != norm.get(k))),
+                    param="out")
+            if old_shard != f"{i_shard}/{n_shard}":
+                raise ResultFileError(
+                    f"{path} holds shard {old_shard}, not {i_shard}/{n_shard}; "
+                    "choose another out", param="out"
+                )
+            dirs = read_directions(path)
+        else:
+            if resume:
+                raise ResultFileError(
+                    f"nothing to resume: {path} does not exist; drop resume", param="resume")
+            dirs = list(directions() if callable(directions) else directions)
+            if len(dirs) != grid.ndim:
+                raise SpecError(
+                    f"a {grid.ndim}-D grid needs {grid.ndim} directions, got {len(dirs)}")
+            _create(path, grid, spec, shard, dirs, dict(attrs or {}))
         with _open(path, "r") as f:
-            old = _read_spec(f, path)
-            old_shard = str(f.attrs.get("shard", "0/1"))
-        norm = normalize_spec(spec)
-        if old != norm:
-            raise ResultFileError(
-                f"{path} was computed with another spec ({_describe_mismatch(old, norm)}); "
-                "choose another --out or delete the file"
-            )
-        if old_shard != f"{i_shard}/{n_shard}":
-            raise ResultFileError(
-                f"{path} holds shard {old_shard}, not {i_shard}/{n_shard}; choose another --out"
-            )
-        dirs = read_directions(path)
-    else:
-        if resume:
-            raise ResultFileError(f"nothing to resume: {path} does not exist; drop --resume")
-        dirs = list(directions() if callable(directions) else directions)
-        if len(dirs) != grid.ndim:
-            raise SpecError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, got {len(dirs)}")
-        _create(path, grid, spec, shard, dirs, dict(attrs or {}))
-    with _open(path, "r") as f:
-        done = f["done"][...].reshape(-1)
-    mine = np.array(shard_indices(grid.size, i_shard, n_shard), dtype=np.int64)
-    todo = mine[~done[mine]]
-    t0 = time.perf_counter()
-    if len(todo):
-        writer = _Writer(path, todo, grid.shape, flush_interval, callback)
-        try:
-            evaluate_points(
-                model,
-                inputs,
-                targets,
-                dirs,
-                grid.coords(todo),
-                batch_size=batch_size,
-                device=device,
-                dtype=dtype,
-                points_per_call=points_per_call,
-                progress=progress,
-                callback=writer,
-            )
-        finally:
-            writer.flush()
-    res = read_landscape(path)
-    return Landscape(
-        res.xcoordinates,
-        res.ycoordinates,
-        res.loss,
-        res.acc,
-        res.done,
-        res.attrs,
-        seconds=time.perf_counter() - t0,
-        path=str(path),
-    )
+            done = f["done"][...].reshape(-1)
+        mine = np.array(shard_indices(grid.size, i_shard, n_shard), dtype=np.int64)
+        todo = mine[~done[mine]]
+        t0 = time.perf_counter()
+        if len(todo):
+            writer = _Writer(path, todo, grid.shape, flush_interval, callback)
+            try:
+                evaluate_points(
+                    model,
+                    inputs,
+                    targets,
+                    dirs,
+                    grid.coords(todo),
+                    batch_size=batch_size,
+                    device=device,
+                    dtype=dtype,
+                    points_per_call=points_per_call,
+                    progress=progress,
+                    callback=writer,
+                    loss=loss,
+                    label_smoothing=label_smoothing,
+                )
+            finally:
+                writer.flush()
+        res = read_landscape(path)
+        return Landscape(
+            res.xcoordinates,
+            res.ycoordinates,
+            res.loss,
+            res.acc,
+            res.done,
+            res.attrs,
+            seconds=time.perf_counter() - t0,
+            path=str(path),
+        )
 
 
 def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
@@ -394,7 +470,8 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
         if not p.exists():
             raise ResultFileError(f"shard file {p} does not exist")
         with _open(p, "r") as f:
-            spec = _read_spec(f, p)
+            spec = _read_spec(f, p, "pass the shard files `geomkit landscape --shard i/n` "
+                              "wrote")
             i, n = parse_shard(str(f.attrs.get("shard", "0/1")))
             metas.append((p, spec, i, n, str(f.attrs["directions_sha256"])))
     p0, spec0, _, n0, dsha0 = metas[0]
@@ -436,19 +513,20 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> Landscape:
     dirs = read_directions(p0)
     with _open(p0, "r") as f:
         extra = {k: f.attrs[k] for k in ("checkpoint",) if k in f.attrs}
-    if out.exists():
-        with _open(out, "r") as f:
-            old = _read_spec(f, out)
-        if old != spec0:
-            raise ResultFileError(
-                f"{out} holds another computation ({_describe_mismatch(old, spec0)}); "
-                "choose another --out"
-            )
     extra["compute_seconds"] = seconds
     extra["points_per_s"] = size / seconds if seconds > 0 else 0.0
     extra["merged_from"] = dumps_json([str(p) for p, *_ in metas])
-    _create(out, grid, spec0, (0, 1), dirs, extra, values=(loss, acc, done))
-    return read_landscape(out)
+    with _computing(out):  # never under a `geomkit landscape` computing into out
+        if out.exists():
+            with _open(out, "r") as f:
+                old = _read_spec(f, out)
+            if old != spec0:
+                raise SpecMismatch(
+                    f"{out} holds another computation ({_describe_mismatch(old, spec0)}); "
+                    "choose another out", param="out"
+                )
+        _create(out, grid, spec0, (0, 1), dirs, extra, values=(loss, acc, done))
+        return read_landscape(out)
 
 
 def _grid_from_spec(spec: dict) -> Grid:
