@@ -22,8 +22,17 @@ from geomkit import __version__
 from geomkit.errors import GeomkitError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with geomkit's error contract: one line on stderr, exit code 2 (argparse
+    itself prints the usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="geomkit",
         description="Loss-geometry analysis for PyTorch: train with SAM or vanilla optimizers, "
         "then measure Hessian spectra per block, the NTK condition number, activation "
@@ -62,8 +71,13 @@ def _with_flag(msg: str, param: str | None, parser: argparse.ArgumentParser,
              if a.dest in (param, _DESTS.get(param)) and a.option_strings]
     if not flags:
         return msg
-    out, n = re.subn(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags[0], msg, count=1)
-    return out if n else f"{flags[0]}: {msg}"
+    # the last mention: paths come first in a message, the remedy naming the keyword last;
+    # never a path component ("/runs/out/x.h5")
+    hits = list(re.finditer(rf"(?<![\w/-]){re.escape(param)}(?![\w/-])", msg))
+    if not hits:
+        return f"{flags[0]}: {msg}"
+    m = hits[-1]
+    return msg[:m.start()] + flags[0] + msg[m.end():]
 
 
 # errors of writing to stdout itself (a full disk, a closed pipe): files that geomkit writes

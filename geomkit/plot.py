@@ -7,7 +7,12 @@ Every function draws results that are already computed -- a
 torch or :mod:`geomkit.geometry` to read a file).  Drawing functions take an ``ax``
 (and return it) or, with ``ax=None``, make and return a new
 :class:`~matplotlib.figure.Figure`.
-Non-finite values are masked, so they show as gaps.
+Non-finite values and points not yet computed are masked, so they show as gaps; a
+surface with no finite value at all (or no computed point) is refused with a one-line
+:class:`~geomkit.errors.ResultFileError` rather than drawn as an empty figure
+(:func:`check_drawable`).  Options (levels, sizes, dpi, colour limits, columns, formats)
+are checked before anything is drawn or written (:func:`check_options`): a wrong value is
+a one-line :class:`~geomkit.errors.SpecError` naming the keyword.
 
 Surfaces ``Z`` are shaped ``[len(y), len(x)]`` and drawn as
 ``contour(*meshgrid(x, y), Z)``; with ``log=True`` the levels are geometric and the
@@ -18,6 +23,8 @@ shared colour scale (e.g. the 2x3 ResNet/ViT/Mixer x vanilla/SAM grid of Chen et
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from geomkit.errors import ResultFileError, SpecError
+from geomkit.io import atomic_write
 
 KINDS = ("contour", "contourf", "surface", "1d")
 VALUES = {"loss": "loss", "acc": "acc", "train_loss": "loss", "train_acc": "acc"}
+FORMATS = ("png", "pdf", "svg")
+#: the largest side of a written figure in pixels (beyond it matplotlib runs out of memory)
+MAX_PIXELS = 16384
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,161 @@ class ColorScale:
     log: bool
 
 
+def _number(name: str, v, *, positive: bool = False, integer: bool = False,
+            minimum: float | None = None):
+    """``v`` checked: a finite (positive / integral / >= ``minimum``) number."""
+    ok_type = numbers.Integral if integer else numbers.Real
+    if isinstance(v, bool) or not isinstance(v, ok_type):
+        what = "an integer" if integer else "a number"
+        raise SpecError(f"{name} must be {what}, got {v!r}", param=name)
+    if not math.isfinite(float(v)):
+        raise SpecError(f"{name} must be a finite number, got {v!r}", param=name)
+    if positive and v <= 0:
+        raise SpecError(f"{name} must be positive, got {v!r}", param=name)
+    if minimum is not None and v < minimum:
+        raise SpecError(f"{name} must be at least {minimum:g}, got {v!r}", param=name)
+    return v
+
+
+def _pair(name: str, v, *, integer: bool = False) -> tuple:
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise SpecError(f"{name} must be a (width, height) pair, got {v!r}", param=name)
+    return tuple(_number(name, x, positive=True, integer=integer) for x in v)
+
+
+def check_options(
+    *,
+    kind: str | None = None,
+    value: str | None = None,
+    log: bool = False,
+    num_levels: int | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    ncols: int | None = None,
+    panel_size: tuple[float, float] | None = None,
+    size: tuple[int, int] | None = None,
+    dpi: float | None = None,
+    formats: Sequence[str] | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> None:
+    """Check plot options before anything is read, drawn or written.
+
+    ``figsize`` (inches, e.g. :func:`panel_figsize`) with ``dpi`` and no ``size``: the
+    figure must fit in :data:`MAX_PIXELS` a side.
+
+    Raises:
+        SpecError: one line naming the keyword (``dpi must be positive, got 0``).
+    """
+    if kind is not None and kind not in KINDS:
+        raise SpecError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}",
+                        param="kind")
+    if value is not None and value not in VALUES:
+        raise SpecError(f"unknown value {value!r}; choose loss or acc", param="value")
+    if num_levels is not None:
+        _number("num_levels", num_levels, integer=True, minimum=2)
+    for name, v in (("vmin", vmin), ("vmax", vmax)):
+        if v is not None:
+            _number(name, v)
+            if log and v <= 0:
+                raise SpecError(f"{name} must be positive on a log scale, got {v:g}",
+                                param=name)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise SpecError(f"vmin must be below vmax; got {vmin:g} and {vmax:g}", param="vmin")
+    if ncols is not None:
+        _number("ncols", ncols, integer=True, minimum=1)
+    if panel_size is not None:
+        _pair("panel_size", panel_size)
+    if size is not None:
+        _pair("size", size, integer=True)
+        if max(size) > MAX_PIXELS:
+            raise SpecError(f"size must be at most {MAX_PIXELS} pixels a side, got "
+                            f"{size[0]}x{size[1]}", param="size")
+    if dpi is not None:
+        _number("dpi", dpi, positive=True)
+        if figsize is not None and size is None:
+            _check_pixels(dpi, figsize)
+    if formats is not None:
+        formats = list(formats)
+        if not formats:
+            raise SpecError(f"formats names no figure format; choose from {', '.join(FORMATS)}",
+                            param="formats")
+        for fmt in formats:
+            if fmt not in FORMATS:
+                raise SpecError(f"unknown figure format {fmt!r}; choose png, pdf or svg",
+                                param="formats")
+
+
+def _check_pixels(dpi: float, inches) -> None:
+    w, h = (float(v) * dpi for v in inches)
+    if max(w, h) > MAX_PIXELS:
+        raise SpecError(f"dpi {dpi:g} makes a {w:.0f}x{h:.0f}-pixel figure; at most "
+                        f"{MAX_PIXELS} pixels a side", param="dpi")
+
+
+def panel_layout(n: int, ncols: int | None = None) -> tuple[int, int]:
+    """``(ncols, nrows)`` of a panel of ``n`` plots: ``ncols`` (at most ``n``), by default
+    3 for 3, 6 or 9 plots (the paper's 2x3 grid), else up to 4."""
+    ncols = min(ncols, n) if ncols else (3 if n in (3, 6, 9) else min(n, 4))
+    return ncols, -(-n // ncols)
+
+
+def panel_figsize(n: int, ncols: int | None = None,
+                  panel_size: tuple[float, float] = (3.2, 3.0)) -> tuple[float, float]:
+    """The size in inches of :func:`plot_panel`'s figure of ``n`` plots."""
+    c, r = panel_layout(n, ncols)
+    return panel_size[0] * c, panel_size[1] * r
+
+
+def _name(surf) -> str:
+    return str(surf.path) if surf.path else "the surface"
+
+
+def check_drawable(surface, value: str = "loss", *, row: bool = False,
+                   log: bool = False) -> None:
+    """Refuse a surface with nothing to draw: no computed point, or no finite ``value``.
+
+    A partly computed or partly non-finite surface passes (its gaps are masked).
+    ``row``: a 2-D surface drawn as its 1-D row through ``y = 0`` (``kind="1d"``);
+    ``log``: on a log scale, where only positive values count.
+
+    Raises:
+        ResultFileError: one line, e.g. ``s.h5: the surface has no finite loss value (all
+            2601 points NaN/inf); nothing to plot``.
+    """
+    surf = _load(surface)
+    done = np.asarray(surf.done, dtype=bool)
+    n = done.size
+    if not done.any():
+        raise ResultFileError(
+            f"{_name(surf)} has no computed point yet (0 of {n}); rerun its "
+            "`geomkit landscape` command to compute it (it resumes), then plot"
+        )
+    v = VALUES.get(value, value)
+    finite = _values(surf, value)
+    if finite.count() == 0:
+        why = (f"all {n} points NaN/inf" if done.all()
+               else f"all {int(done.sum())} computed points of {n} NaN/inf")
+        raise ResultFileError(f"{_name(surf)}: the surface has no finite {v} value ({why}); "
+                              "nothing to plot")
+    z, what = _values(surf, value, log), "surface"
+    if row and surf.ycoordinates is not None:
+        i = int(np.argmin(np.abs(surf.ycoordinates)))
+        z, finite, what = z[i], finite[i], "row through y = 0"
+        if finite.count() == 0:
+            raise ResultFileError(f"{_name(surf)}: the {what} has no finite {v} value "
+                                  f"(all {z.size} of its points NaN/inf or not computed); "
+                                  "nothing to plot (the 2-D kinds can draw the rest)")
+    if z.count() == 0:  # finite values, none positive
+        raise ResultFileError(f"{_name(surf)}: the {what} has no positive {v} value to "
+                              "draw on a log scale; plot it on a linear scale")
+
+
+def progress(surface) -> tuple[int, int]:
+    """``(computed points, all points)`` of a surface (equal when it is complete)."""
+    done = np.asarray(_load(surface).done, dtype=bool)
+    return int(done.sum()), int(done.size)
+
+
 def _load(surface):
     # the I/O layer's reader: neither torch nor the compute package geomkit.geometry
     from geomkit.io.landscape import Landscape, read_landscape
@@ -50,11 +216,15 @@ def _load(surface):
     return read_landscape(surface)
 
 
-def _values(surf, value: str) -> np.ma.MaskedArray:
+def _values(surf, value: str, log: bool = False) -> np.ma.MaskedArray:
+    """``value`` with non-finite and not computed points masked (and, for a log scale,
+    non-positive ones: they have no place on it)."""
     if value not in VALUES:
-        raise SpecError(f"unknown value {value!r}; choose loss or acc")
+        raise SpecError(f"unknown value {value!r}; choose loss or acc", param="value")
     z = np.asarray(getattr(surf, VALUES[value]), dtype=float)
     mask = ~np.isfinite(z) | ~np.asarray(surf.done, dtype=bool)
+    if log:
+        mask |= ~(z > 0)
     return np.ma.masked_array(z, mask=mask)
 
 
@@ -72,6 +242,7 @@ def color_scale(
     Linear: ``num_levels`` equal steps from ``vmin`` to ``vmax``; log: geometric steps
     (``vmin`` is then the smallest positive value).
     """
+    check_options(log=log, num_levels=num_levels, vmin=vmin, vmax=vmax)
     zs = [_values(_load(s), value).compressed() for s in surfaces]
     z = np.concatenate(zs) if zs else np.array([])
     if log:
@@ -83,7 +254,11 @@ def color_scale(
     lo = lo if vmin is None else float(vmin)
     hi = hi if vmax is None else float(vmax)
     if log and lo <= 0:
-        raise SpecError(f"log-scaled levels need vmin > 0, got {lo}")
+        raise SpecError(f"log-scaled levels need vmin > 0, got {lo}", param="vmin")
+    if vmin is not None and vmax is None and hi <= lo:
+        raise SpecError(f"vmin {lo:g} is not below the largest value {hi:g}", param="vmin")
+    if vmax is not None and vmin is None and hi <= lo:
+        raise SpecError(f"vmax {hi:g} is not above the smallest value {lo:g}", param="vmax")
     if hi <= lo:
         hi = lo * 1.01 + 1e-12 if lo > 0 else lo + 1.0
     levels = np.geomspace(lo, hi, num_levels) if log else np.linspace(lo, hi, num_levels)
@@ -109,6 +284,10 @@ def _require_2d(surf, kind: str) -> None:
         raise SpecError(
             f"{kind} needs a 2-D surface; {surf.path or 'this'} is a 1-D line (use kind 1d)"
         )
+    ny, nx = len(surf.ycoordinates), len(surf.xcoordinates)
+    if min(nx, ny) < 2:
+        raise SpecError(f"{kind} needs at least 2 points along x and y; "
+                        f"{surf.path or 'this surface'} has {nx}x{ny} (use kind 1d)")
 
 
 def _grid_axes(surface, kind: str, ax, value: str, log: bool, scale: ColorScale | None,
@@ -116,6 +295,7 @@ def _grid_axes(surface, kind: str, ax, value: str, log: bool, scale: ColorScale 
     """The shared start of the 2-D plots: load, check, colour scale, axes, mesh."""
     surf = _load(surface)
     _require_2d(surf, kind)
+    check_drawable(surf, value, log=log)
     scale = scale or color_scale([surf], value=value, log=log)
     fig = None
     if ax is None:
@@ -130,6 +310,31 @@ def _title(surf) -> str:
     return str(name)
 
 
+def _isolated(z: np.ma.MaskedArray) -> np.ndarray:
+    """Finite points of a 2-D surface in no all-finite grid cell (a 1-D line: with no
+    finite neighbour): contours and lines cannot show them, so they are drawn as dots."""
+    ok = ~np.ma.getmaskarray(z)
+    if ok.ndim == 1:
+        prev = np.r_[False, ok[:-1]]
+        nxt = np.r_[ok[1:], False]
+        return ok & ~prev & ~nxt
+    cell = ok[:-1, :-1] & ok[1:, :-1] & ok[:-1, 1:] & ok[1:, 1:]
+    covered = np.zeros_like(ok)
+    covered[:-1, :-1] |= cell
+    covered[1:, :-1] |= cell
+    covered[:-1, 1:] |= cell
+    covered[1:, 1:] |= cell
+    return ok & ~covered
+
+
+def _dots(ax, X, Y, z, scale: ColorScale, cmap: str, zz=None) -> None:
+    iso = _isolated(z)
+    if iso.any():
+        pts = (X[iso], Y[iso]) if zz is None else (X[iso], Y[iso], np.asarray(zz)[iso])
+        ax.scatter(*pts, c=np.asarray(z)[iso], norm=_norm(scale), cmap=cmap, s=14,
+                   edgecolors="none")
+
+
 def plot_contour(
     surface,
     ax=None,
@@ -142,7 +347,9 @@ def plot_contour(
 ):
     """Contour lines of ``value`` over ``(x, y)``; returns ``ax`` or a new Figure."""
     surf, scale, fig, ax, X, Y = _grid_axes(surface, "contour", ax, value, log, scale)
-    cs = ax.contour(X, Y, _values(surf, value), levels=scale.levels, norm=_norm(scale), cmap=cmap)
+    z = _values(surf, value, log)
+    cs = ax.contour(X, Y, z, levels=scale.levels, norm=_norm(scale), cmap=cmap)
+    _dots(ax, X, Y, z, scale, cmap)
     if labels and len(cs.levels):
         ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
     ax.set_xlabel("x")
@@ -163,7 +370,7 @@ def plot_contourf(
 ):
     """Filled contours (heat map) of ``value``; returns ``ax`` or a new Figure."""
     surf, scale, fig, ax, X, Y = _grid_axes(surface, "contourf", ax, value, log, scale)
-    z = _values(surf, value)
+    z = _values(surf, value, log)
     cf = ax.contourf(
         X,
         Y,
@@ -172,6 +379,7 @@ def plot_contourf(
         norm=_norm(scale),
         cmap=cmap,
     )
+    _dots(ax, X, Y, np.ma.clip(z, scale.vmin, scale.vmax), scale, cmap)
     if colorbar:
         ax.figure.colorbar(cf, ax=ax, label=value)
     ax.set_xlabel("x")
@@ -192,7 +400,7 @@ def plot_surface(
     """3-D surface of ``value`` (``ax`` must be a 3-D Axes); NaN cells are left out."""
     surf, scale, fig, ax, X, Y = _grid_axes(surface, "surface", ax, value, log, scale,
                                             projection="3d")
-    z = _values(surf, value)
+    z = _values(surf, value, log)
     z = np.ma.clip(z, scale.vmin, scale.vmax)
     zz = np.log10(z) if log else z
     ax.plot_surface(
@@ -204,6 +412,7 @@ def plot_surface(
         linewidth=0,
         antialiased=False,
     )
+    _dots(ax, X, Y, z, scale, cmap, zz=zz.filled(np.nan))
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel(f"log10 {value}" if log else value)
@@ -218,13 +427,15 @@ def plot_1d(
     accuracy: bool = True,
     ylim: tuple[float, float] | None = None,
 ):
-    """Loss (left axis) and accuracy in percent (right axis) along a 1-D line."""
+    """Loss (left axis) and accuracy in percent (right axis) along a 1-D line (of a 2-D
+    surface: its row through ``y = 0``)."""
     surf = _load(surface)
+    check_drawable(surf, "loss", row=True, log=log)
     fig = None
     if ax is None:
         fig, ax = _new_figure()
     x = surf.xcoordinates
-    loss = _values(surf, "loss")
+    loss = _values(surf, "loss", log)
     if surf.ycoordinates is not None:  # a 2-D file: the row through y = 0
         i = int(np.argmin(np.abs(surf.ycoordinates)))
         loss = loss[i]
@@ -232,6 +443,9 @@ def plot_1d(
     else:
         acc = _values(surf, "acc")
     ax.plot(x, loss, color="tab:blue", label="loss")
+    iso = _isolated(loss)  # finite points between gaps: a line cannot show them
+    if iso.any():
+        ax.plot(x[iso], loss.data[iso], ".", color="tab:blue")
     if log:
         ax.set_yscale("log")
     if ylim is not None:
@@ -241,6 +455,9 @@ def plot_1d(
     if accuracy:
         ax2 = ax.twinx()
         ax2.plot(x, acc, color="tab:red", linestyle="--", label="accuracy")
+        iso = _isolated(acc)
+        if iso.any():
+            ax2.plot(x[iso], acc.data[iso], ".", color="tab:red")
         ax2.set_ylabel("accuracy (%)", color="tab:red")
         ax2.set_ylim(0, 100)
     return fig if fig is not None else ax
@@ -260,26 +477,35 @@ def plot_panel(
     vmin: float | None = None,
     vmax: float | None = None,
     panel_size: tuple[float, float] = (3.2, 3.0),
+    num_levels: int = 30,
 ):
     """Several surfaces side by side in one Figure, on one shared colour scale.
 
-    ``ncols`` defaults to 3 for six files (the paper's 2x3 grid), else up to 4.
-    ``kind`` is one of ``contour``, ``contourf``, ``surface``, ``1d``.
+    ``ncols`` defaults to 3 for six files (the paper's 2x3 grid), else up to 4 (never
+    more than the files).  ``kind`` is one of ``contour``, ``contourf``, ``surface``,
+    ``1d``; ``num_levels`` contour levels span the scale.  Every surface is checked
+    (:func:`check_drawable`) before anything is drawn.
     """
     from matplotlib.figure import Figure
 
-    if kind not in KINDS:
-        raise SpecError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+    check_options(kind=kind, value=value, log=log, vmin=vmin, vmax=vmax, ncols=ncols,
+                  panel_size=panel_size, num_levels=num_levels)
     surfs = [_load(s) for s in surfaces]
     if not surfs:
         raise SpecError("no landscape files to plot")
     n = len(surfs)
-    ncols = ncols or (3 if n in (3, 6, 9) else min(n, 4))
-    nrows = -(-n // ncols)
-    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    if titles is not None and len(titles) != n:
+        raise SpecError(f"titles has {len(titles)} names for {n} files", param="titles")
+    for surf in surfs:  # all refusals before any drawing
+        if kind != "1d":
+            _require_2d(surf, kind)
+        check_drawable(surf, "loss" if kind == "1d" else value, row=kind == "1d", log=log)
+    ncols, nrows = panel_layout(n, ncols)
+    fig = Figure(figsize=panel_figsize(n, ncols, panel_size), layout="constrained")
     scale = None
     if kind != "1d":
-        scale = color_scale(surfs, value=value, log=log, vmin=vmin, vmax=vmax)
+        scale = color_scale(surfs, value=value, log=log, vmin=vmin, vmax=vmax,
+                            num_levels=num_levels)
     ylim = None
     if kind == "1d":
         sc = color_scale(surfs, value="loss", log=log, vmin=vmin, vmax=vmax)
@@ -315,17 +541,18 @@ def save_figure(
 
     ``size=(width_px, height_px)`` sets the PNG's exact pixel size (the PDF gets the
     same size in inches at ``dpi``).  No ``bbox_inches="tight"``, so the size holds.
+    Each file is written atomically (:func:`geomkit.io.atomic_write`): a failed write
+    leaves no partial figure and raises a one-line ``ResultFileError``.
     """
+    check_options(size=size, dpi=dpi, formats=formats)
     prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     if size is not None:
         fig.set_size_inches(size[0] / dpi, size[1] / dpi)
+    _check_pixels(dpi, fig.get_size_inches())
     out = []
-    for fmt in formats:
-        if fmt not in ("png", "pdf", "svg"):
-            raise SpecError(f"unknown figure format {fmt!r}; choose png, pdf or svg")
+    for fmt in dict.fromkeys(formats):  # each format once
         p = prefix.with_name(f"{prefix.name}.{fmt}")
-        fig.savefig(p, format=fmt, dpi=dpi)
+        atomic_write(p, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi))
         out.append(p)
     return out
 
@@ -356,6 +583,7 @@ def export_vts(
         raise SpecError("ParaView export needs pyevtk: pip install 'geomkit[vtk]'") from None
     surf = _load(surface)
     _require_2d(surf, "VTK export")
+    check_drawable(surf, value, log=log)
     z = _values(surf, value)
     if zmax is not None:
         z = np.ma.minimum(z, zmax)
@@ -369,12 +597,15 @@ def export_vts(
     to3 = lambda a: np.asfortranarray(np.asarray(a, dtype=np.float64).T[:, :, None])  # noqa: E731
     raw = np.asarray(getattr(surf, VALUES[value]), dtype=np.float64)
     path = Path(path)
-    stem = str(path.with_suffix("")) if path.suffix == ".vts" else str(path)
-    written = gridToVTK(
-        stem,
-        to3(X),
-        to3(Y),
-        to3(height),
-        pointData={value: to3(raw), "valid": to3(valid.astype(np.float64))},
-    )
-    return Path(written)
+    path = path if path.suffix == ".vts" else path.with_name(f"{path.name}.vts")
+
+    def write(tmp: Path) -> None:  # tmp ends in ".vts", which pyevtk appends itself
+        gridToVTK(
+            str(tmp)[: -len(".vts")],
+            to3(X),
+            to3(Y),
+            to3(height),
+            pointData={value: to3(raw), "valid": to3(valid.astype(np.float64))},
+        )
+
+    return atomic_write(path, write, suffix=".vts")

@@ -224,8 +224,11 @@ def _column_labels(records: tuple[CheckpointRecord, ...]) -> list[str]:
     return out
 
 
-def _load(results: Results | str | Path) -> Results:
-    return results if isinstance(results, Results) else load_results(results)
+def _load(results: Results | str | Path, need_records: bool = False) -> Results:
+    res = results if isinstance(results, Results) else load_results(results)
+    if need_records and not len(res):
+        raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    return res
 
 
 def _entries(table: int, records: tuple[CheckpointRecord, ...]) -> list[Any]:
@@ -258,9 +261,7 @@ def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     Raises:
         ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
     """
-    res = _load(results)
-    if not len(res) and not with_paper:
-        raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    res = _load(results, need_records=not with_paper)
     entries = _entries(1, res.records)
     cols = _column_labels(res.records)
     col_keys = [r.id for r in res.records]
@@ -300,9 +301,7 @@ def table3(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     Raises:
         ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
     """
-    res = _load(results)
-    if not len(res) and not with_paper:
-        raise ResultFileError(f"{res.path} holds no analysed checkpoint; run `geomkit analyze`")
+    res = _load(results, need_records=not with_paper)
     entries = _entries(3, res.records)
     rows = _column_labels(res.records)
     row_keys = [r.id for r in res.records]
@@ -381,11 +380,14 @@ def render(table: Table, fmt: str = "md") -> str:
     text = [[_fmt(v, k) for v, k in zip(row, kinds, strict=True)]
             for row, kinds in zip(table.cells, table.kinds, strict=True)]
     if fmt == "md":
+        def cell(t: str) -> str:  # a "|" in a label (a run named "a|b") would split the row
+            return " ".join(str(t).replace("|", "\\|").split())
+
         lines = [f"**{table.title}**", ""]
-        lines.append("| " + " | ".join([table.corner, *table.col_labels]) + " |")
+        lines.append("| " + " | ".join(map(cell, [table.corner, *table.col_labels])) + " |")
         lines.append("|" + "---|" * (1 + len(table.col_labels)))
         for lab, row in zip(table.row_labels, text, strict=True):
-            lines.append("| " + " | ".join([lab, *row]) + " |")
+            lines.append("| " + " | ".join(map(cell, [lab, *row])) + " |")
         if table.notes:
             lines.append("")
             lines.extend(table.notes)

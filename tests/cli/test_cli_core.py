@@ -91,3 +91,13 @@ def test_library_keywords_become_the_subcommands_flags(run_dir, capsys, tmp_path
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "--dir '" in err and "neither random/hessian" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["train", "--epochs", "x"], ["hessian"], ["nope"],
+                                  ["landscape", "ck.pt", "--norm", "weird", "--out", "o.h5"]])
+def test_argparse_errors_are_one_line_too(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "usage:" not in err
+    assert "error:" in err and "--help" in err
