@@ -31,6 +31,42 @@ def nonneg_float(text: str) -> float:
     return v
 
 
+def int_at_most(maximum: int):
+    """An argparse type: a positive integer no larger than ``maximum``."""
+
+    def parse(text: str) -> int:
+        v = positive_int(text)
+        if v > maximum:
+            raise argparse.ArgumentTypeError(f"expected at most {maximum:,}, got {text!r}")
+        return v
+
+    return parse
+
+
+def seed_int(text: str) -> int:
+    """A seed torch accepts: an integer in [-2**63, 2**63 - 1]."""
+    from geomkit.data.spec import SEED_RANGE
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not SEED_RANGE[0] <= v <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(
+            f"expected a seed in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -89,16 +125,35 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], file=None
 
 
 def parse_range(text: str, name: str = "range") -> tuple[float, float, int]:
-    """Parse ``MIN:MAX:NUM`` into ``(min, max, num)``; a SpecError names the problem."""
-    parts = text.split(":")
+    """Parse ``MIN:MAX:NUM`` into ``(min, max, num)``; a SpecError names the flag ``name``
+    and the part that is wrong (in one line).
+
+    MIN and MAX are finite numbers with MIN < MAX (MIN = MAX only for NUM = 1, one point);
+    NUM is a whole number of points >= 1.
+    """
+    parts = [p.strip() for p in str(text).split(":")]
     if len(parts) != 3:
         raise SpecError(f"{name} must be MIN:MAX:NUM (e.g. -1:1:51), got {text!r}")
     try:
-        lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
+        lo, hi = float(parts[0]), float(parts[1])
     except ValueError:
-        raise SpecError(f"{name} must be MIN:MAX:NUM with numbers, got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or num < 1 or (num > 1 and hi <= lo):
-        raise SpecError(f"{name} needs finite MIN < MAX and NUM >= 1, got {text!r}")
+        raise SpecError(f"{name} MIN and MAX must be numbers (MIN:MAX:NUM, e.g. -1:1:51), "
+                        f"got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = parts[0] if not math.isfinite(lo) else parts[1]
+        raise SpecError(f"{name} MIN and MAX must be finite numbers, got {bad!r} in {text!r}")
+    try:
+        num = int(parts[2])
+    except ValueError:
+        num = None
+    if num is None or num < 1:
+        raise SpecError(f"{name} NUM must be a whole number of points >= 1, got "
+                        f"{parts[2]!r} in {text!r}")
+    if num > 1 and not hi > lo:
+        raise SpecError(f"{name} needs MIN < MAX for {num} points, got {text!r}")
+    if not math.isfinite(hi - lo):
+        raise SpecError(f"{name} spans more than a float holds (MAX - MIN overflows), "
+                        f"got {text!r}")
     return lo, hi, num
 
 

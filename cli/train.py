@@ -11,6 +11,7 @@ from cli._common import (
     positive_int,
     print_json,
     print_table,
+    seed_int,
 )
 from geomkit.data import list_sources
 from geomkit.train import TrainConfig, train
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--subset", type=float, default=1.0, help="fraction of the training set, class-balanced"
     )
-    p.add_argument("--subset-seed", type=int, default=0, help="seed choosing the subset")
+    p.add_argument("--subset-seed", type=seed_int, default=0, help="seed choosing the subset")
     p.add_argument(
         "--augment",
         action="store_true",
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grad-clip", type=nonneg_float, default=1.0, help="max gradient norm; 0 disables"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument(
         "--save-best", action="store_true", help="also keep OUT/best.pt (by test accuracy)"
@@ -99,6 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 _PARSER: argparse.ArgumentParser | None = None
 
 
+#: model arguments that train() derives from the data spec: given again they would
+#: build a model for inputs other than the ones it gets
+_FROM_DATA = {"image_size": "use --image-size", "in_chans": "the source's channels",
+              "num_classes": "the source's classes"}
+
+
 def _model_args(items: list[str]) -> dict:
     import json
 
@@ -109,6 +116,9 @@ def _model_args(items: list[str]) -> dict:
         key, sep, val = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--model-arg must be KEY=VALUE, got {item!r}")
+        if key in _FROM_DATA:
+            raise SpecError(f"--model-arg {key} is set from the data ({_FROM_DATA[key]}); "
+                            "a model built for another shape than its inputs cannot train")
         try:
             out[key] = json.loads(val)
         except json.JSONDecodeError:
@@ -159,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
                   "subset_seed": "data"}
     same_as = sorted({f for flag, f in flag_field.items()
                       if getattr(args, flag) != _PARSER.get_default(flag)})
+    # the training split at --image-size must fit in memory: refused before the model is
+    # built (TrainConfig has already refused sizes above geomkit.data.spec.MAX_IMAGE_SIZE)
+    from geomkit.data import DataSpec
+
+    DataSpec.from_dict(cfg.data).check_memory("train")
     r = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
               same_as=same_as)
     row = {

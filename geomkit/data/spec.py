@@ -31,6 +31,74 @@ _ALIASES = {
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
+#: Largest ``image_size`` and ``synthetic_size`` accepted, in pixels: one float32 image
+#: channel of 4096×4096 is 64 MiB, a batch of 64 RGB images 12 GiB before any model runs.
+MAX_IMAGE_SIZE = 4096
+
+#: Largest synthetic source (prototypes plus both splits, float32) that may be generated.
+MAX_SYNTHETIC_BYTES = 16 << 30
+
+#: Examples per (train, test) split and channels of the sources whose shape is fixed
+#: (the facts documented in :mod:`geomkit.data.sources`): enough to size a split
+#: before reading it.
+SPLIT_SIZES: dict[str, tuple[int, int]] = {
+    "digits": (1437, 360),
+    "fashion-mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+}
+_CHANS = {"digits": 1, "fashion-mnist": 1, "cifar10": 3, "cifar100": 3}
+_NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32}
+
+_FLOAT32 = 4
+
+#: Seeds torch's generators accept (``torch.manual_seed`` overflows outside).
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def format_bytes(n: float) -> str:
+    """``123 B``, ``1.5 KiB``, ``37 GiB``, ``7.2 TiB``: two significant digits below 10."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            break
+        n /= 1024
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n:.2g} {unit}" if abs(n) < 10 else f"{n:.0f} {unit}"
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation now (Linux ``MemAvailable``, else the
+    free physical pages); ``None`` where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def check_fits(nbytes: int, what: str, *, param: str | None = None,
+               available: int | None = None) -> None:
+    """Raise :class:`DataError` when ``nbytes`` exceeds the memory available now.
+
+    ``what`` completes "``what`` needs ~X": it names the value and what it sizes
+    (``"image_size 2048 (1437 float32 train images of 1×2048×2048)"``).
+    """
+    avail = available_memory() if available is None else available
+    if avail is not None and nbytes > avail:
+        raise DataError(
+            f"{what} needs ~{format_bytes(nbytes)} of memory, more than the "
+            f"{format_bytes(avail)} available now; choose a smaller size",
+            param=param,
+        )
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -41,7 +109,9 @@ class DataSpec:
         root: directory (``fashion-mnist``, ``cifar10``, ``cifar100``) or file (``npz``);
             ``None`` = the source's default (only ``fashion-mnist`` has one:
             ``/usr/share/datasets/fashion-mnist``).
-        image_size: output side length in pixels (square); ``None`` = native.
+        image_size: output side length in pixels (square); ``None`` = native. At most
+            :data:`MAX_IMAGE_SIZE`; :meth:`check_memory` also refuses a size whose split
+            would not fit in the memory available.
         normalize: subtract the per-channel mean and divide by the per-channel standard
             deviation of the source's training split (see ``geomkit.data.sources``).
         augment: apply :func:`geomkit.data.augment_batch` during training (never in
@@ -75,7 +145,8 @@ class DataSpec:
         src = _ALIASES.get(src, src)
         if src not in SOURCES:
             raise DataError(
-                f"unknown data source {self.source!r}; valid sources: {', '.join(SOURCES)}"
+                f"unknown data source {self.source!r}; valid sources: {', '.join(SOURCES)}",
+                param="source",
             )
         object.__setattr__(self, "source", src)
         if self.root is not None:
@@ -84,33 +155,87 @@ class DataSpec:
             object.__setattr__(self, "root", os.fspath(self.root))
         if self.image_size is not None:
             self._set_int("image_size", minimum=1)
+            _check_side("image_size", self.image_size)
         for name in ("normalize", "augment"):
             if not isinstance(getattr(self, name), bool):
-                raise DataError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise DataError(f"{name} must be true or false, got {getattr(self, name)!r}",
+                                param=name)
         if self.hflip is not None and not isinstance(self.hflip, bool):
-            raise DataError(f"hflip must be true, false or null, got {self.hflip!r}")
-        try:
-            subset = float(self.subset)
-        except (TypeError, ValueError):
-            subset = math.nan
-        if isinstance(self.subset, bool) or not 0.0 < subset <= 1.0:
-            raise DataError(f"subset must be a fraction in (0, 1], got {self.subset!r}")
+            raise DataError(f"hflip must be true, false or null, got {self.hflip!r}", param="hflip")
+        real = isinstance(self.subset, numbers.Real) and not isinstance(self.subset, bool)
+        subset = float(self.subset) if real else math.nan  # "0.5" (a string) is refused too
+        if not 0.0 < subset <= 1.0:
+            raise DataError(f"subset must be a fraction in (0, 1], got {self.subset!r}",
+                            param="subset")
         object.__setattr__(self, "subset", subset)
-        self._set_int("subset_seed")
+        self._set_int("subset_seed", *SEED_RANGE)
         self._set_int("synthetic_classes", minimum=2)
         self._set_int("synthetic_chans", minimum=1)
         self._set_int("synthetic_size", minimum=1)
         self._set_int("synthetic_train", minimum=1)
         self._set_int("synthetic_test", minimum=1)
-        self._set_int("synthetic_seed")
+        self._set_int("synthetic_seed", *SEED_RANGE)
+        _check_side("synthetic_size", self.synthetic_size)
+        if src == "synthetic":
+            n = self.synthetic_classes + self.synthetic_train + self.synthetic_test
+            per = self.synthetic_chans * self.synthetic_size**2 * _FLOAT32
+            if n * per > MAX_SYNTHETIC_BYTES:
+                raise DataError(
+                    f"synthetic_train {self.synthetic_train} + synthetic_test "
+                    f"{self.synthetic_test} (+ {self.synthetic_classes} prototypes) images of "
+                    f"{self.synthetic_chans}×{self.synthetic_size}×{self.synthetic_size} need "
+                    f"~{format_bytes(n * per)} of float32 memory, above the limit of "
+                    f"{format_bytes(MAX_SYNTHETIC_BYTES)} for the synthetic source",
+                    param="synthetic_train",
+                )
 
-    def _set_int(self, name: str, minimum: int | None = None) -> None:
+    def _set_int(self, name: str, minimum: int | None = None,
+                 maximum: int | None = None) -> None:
         value = getattr(self, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise DataError(f"{name} must be an integer, got {value!r}")
+            raise DataError(f"{name} must be an integer, got {value!r}", param=name)
         if minimum is not None and value < minimum:
-            raise DataError(f"{name} must be at least {minimum}, got {value}")
+            raise DataError(f"{name} must be at least {minimum}, got {value}", param=name)
+        if maximum is not None and value > maximum:
+            raise DataError(f"{name} must be at most {maximum}, got {value}", param=name)
         object.__setattr__(self, name, int(value))
+
+    def split_shape(self, split: str = "train") -> tuple[int, int, int] | None:
+        """``(examples, channels, side)`` that :func:`geomkit.data.load_split` returns for
+        ``split``, known without reading any file for every source but ``npz`` (``None``)."""
+        if self.source == "synthetic":
+            n = self.synthetic_train if split == "train" else self.synthetic_test
+            chans, native = self.synthetic_chans, self.synthetic_size
+        elif self.source in SPLIT_SIZES:
+            n = SPLIT_SIZES[self.source][0 if split == "train" else 1]
+            chans, native = _CHANS[self.source], _NATIVE_SIZE[self.source]
+        else:
+            return None
+        if split == "train" and self.subset < 1.0:
+            n = max(1, round(self.subset * n))  # class-balanced: about this many
+        return n, chans, self.image_size or native
+
+    def check_memory(self, split: str = "train", available: int | None = None) -> None:
+        """Refuse, before anything is read or built, a spec whose ``split`` would not fit in
+        the memory available now (the images :func:`geomkit.data.load_split` returns, in
+        float32).
+
+        Raises:
+            DataError: with the size and the memory it needs (``param`` names the field).
+        """
+        shape = self.split_shape(split)
+        if shape is None:
+            return
+        n, chans, side = shape
+        if self.image_size is not None:
+            what, param = f"image_size {self.image_size}", "image_size"
+        else:
+            what, param = f"the {self.source} source", None
+            if self.source == "synthetic":
+                what, param = f"synthetic_{split} {n}", f"synthetic_{split}"
+        check_fits(n * chans * side * side * _FLOAT32,
+                   f"{what} ({n} float32 {split} images of {chans}×{side}×{side})",
+                   param=param, available=available)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-able dict (``DataSpec.from_dict(s.to_dict()) == s``)."""
@@ -137,6 +262,17 @@ class DataSpec:
     def replace(self, **changes: Any) -> DataSpec:
         """A copy with some fields changed (validated like the constructor)."""
         return dataclasses.replace(self, **changes)
+
+
+def _check_side(name: str, side: int) -> None:
+    if side > MAX_IMAGE_SIZE:
+        one = side * side * _FLOAT32
+        raise DataError(
+            f"{name} {side} needs ~{format_bytes(one)} per float32 image channel "
+            f"(~{format_bytes(64 * 3 * one)} for a batch of 64 RGB images), above the limit of "
+            f"{MAX_IMAGE_SIZE} px ({format_bytes(MAX_IMAGE_SIZE**2 * _FLOAT32)} per channel)",
+            param=name,
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from geomkit.data.sources import HFLIP_DEFAULT
-from geomkit.data.spec import DataSpec
+from geomkit.data.spec import DataSpec, check_fits
 
 #: Random resized crop ranges of :func:`augment_batch`: kept area fraction and aspect ratio.
 CROP_SCALE = (0.5, 1.0)
@@ -20,10 +20,18 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize an N×C×H×W batch to ``size``×``size`` (bilinear, antialiased when shrinking).
 
     Returns ``x`` itself when it already has that size.
+
+    Raises:
+        DataError: the resized batch would not fit in the memory available now (checked
+            before anything is allocated; ``param="image_size"``).
     """
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
+    n, c = (x.shape[0], x.shape[1]) if x.dim() == 4 else (1, 1)
+    check_fits(n * c * size * size * x.element_size(),
+               f"image_size {size} (resizing {n} images of {c}×{h}×{w} to {c}×{size}×{size})",
+               param="image_size")
     return F.interpolate(
         x, size=(size, size), mode="bilinear", align_corners=False,
         antialias=size < h or size < w,

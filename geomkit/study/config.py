@@ -50,9 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from geomkit.data import DataSpec
+from geomkit.data.spec import SEED_RANGE
 from geomkit.errors import GeomkitError, SpecError
 from geomkit.train import TrainConfig
-from geomkit.train.config import BASE_OPTIMIZERS, FAMILY_DEFAULTS
+from geomkit.train.config import BASE_OPTIMIZERS, FAMILY_DEFAULTS, _type_name
 
 #: Optimizer names a study accepts: ``vanilla`` (the family's base optimizer, or the one
 #: named in ``[vanilla]``), ``sam`` and ``asam`` (around the same base optimizer).
@@ -60,6 +61,10 @@ STUDY_OPTIMIZERS: tuple[str, ...] = ("vanilla", "sam", "asam")
 
 #: TrainConfig fields a study sets itself (so ``[train]`` may not).
 _RESERVED_TRAIN = {"model", "model_kwargs", "data", "optimizer", "seed", "label", "rho"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def model_family(name: str) -> str:
@@ -201,8 +206,30 @@ class LandscapeSettings:
                 raise SpecError(f"[landscape] {axis} must be [min, max, num] with min < max, "
                                 f"num >= 1, got {v!r}")
             object.__setattr__(self, axis, (float(v[0]), float(v[1]), int(v[2])))
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise SpecError(f"[landscape] samples must be an integer >= 1, got {self.samples!r}")
+        for name in ("enabled", "log"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise SpecError(f"[landscape] {name} must be true or false, got {v!r} "
+                                f"({_type_name(v)})")
+        if not _is_int(self.samples) or self.samples < 1:
+            raise SpecError(f"[landscape] samples must be an integer >= 1, got "
+                            f"{self.samples!r} ({_type_name(self.samples)})")
+        if not _is_int(self.seed) or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise SpecError(f"[landscape] seed must be an integer in [{SEED_RANGE[0]}, "
+                            f"{SEED_RANGE[1]}], got {self.seed!r} ({_type_name(self.seed)})")
+        from geomkit.geometry.landscape import IGNORES, NORMS
+
+        for name, valid in (("norm", NORMS), ("ignore", IGNORES)):
+            v = getattr(self, name)
+            if v not in valid:
+                raise SpecError(f"[landscape] {name} must be one of {', '.join(valid)}, "
+                                f"got {v!r}")
+        from geomkit.geometry.landscape.grid_check import MAX_FILE_BYTES, MAX_POINTS, grid_cost
+
+        cost = grid_cost(self.x, self.y, samples=self.samples)
+        if cost.points > MAX_POINTS or cost.file_bytes > MAX_FILE_BYTES:
+            raise SpecError(f"[landscape] x and y are above the limit of {MAX_POINTS:,} points "
+                            f"per surface: {cost.describe()}, for every run of the study")
 
 
 @dataclass(frozen=True)
@@ -255,12 +282,18 @@ class StudyConfig:
             if not cond:
                 raise SpecError(msg)
 
-        need(isinstance(self.name, str) and bool(self.name), "a study needs a non-empty name")
-        need(isinstance(self.threads, int) and not isinstance(self.threads, bool)
-             and self.threads >= 0, f"threads must be an integer >= 0, got {self.threads!r}")
+        need(isinstance(self.name, str) and bool(self.name),
+             f"name must be a non-empty string, got {self.name!r} ({_type_name(self.name)})")
+        for key in ("description", "origin"):
+            v = getattr(self, key)
+            need(isinstance(v, str), f"{key} must be a string, got {v!r} ({_type_name(v)})")
+        need(_is_int(self.threads) and self.threads >= 0,
+             f"threads must be an integer >= 0, got {self.threads!r} "
+             f"({_type_name(self.threads)})")
         for key in ("models", "optimizers", "seeds", "subsets"):
             v = getattr(self, key)
-            need(isinstance(v, (list, tuple)) and len(v) > 0, f"{key} must be a non-empty list")
+            need(isinstance(v, (list, tuple)) and len(v) > 0,
+                 f"{key} must be a non-empty list, got {v!r} ({_type_name(v)})")
             object.__setattr__(self, key, tuple(v))
         from geomkit.models import list_models
 
@@ -273,15 +306,28 @@ class StudyConfig:
         need(len(set(self.models)) == len(self.models), "models are listed twice")
         need(len(set(self.optimizers)) == len(self.optimizers), "optimizers are listed twice")
         for s in self.seeds:
-            need(isinstance(s, int) and not isinstance(s, bool),
-                 f"seeds must be integers, got {s!r}")
+            need(_is_int(s) and SEED_RANGE[0] <= s <= SEED_RANGE[1],
+                 f"seeds must be integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {s!r} "
+                 f"({_type_name(s)})")
         for f in self.subsets:
             need(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1,
-                 f"subsets must be fractions in (0, 1], got {f!r}")
+                 f"subsets must be fractions in (0, 1], got {f!r} ({_type_name(f)})")
+        need(len(set(self.seeds)) == len(self.seeds), "seeds are listed twice")
+        need(len({float(f) for f in self.subsets}) == len(self.subsets),
+             "subsets are listed twice")
+        families = ", ".join(FAMILY_DEFAULTS)
+        for table in ("rho", "lr", "vanilla", "model_kwargs"):
+            by_family = table != "model_kwargs"  # [model_kwargs] is by model name only
+            for k in getattr(self, table):
+                need(k in valid or (by_family and k in FAMILY_DEFAULTS),
+                     f"{table}.{k} names no registered model"
+                     + (f" or family ({families})" if by_family else "")
+                     + "; see `geomkit models`")
         for table in ("rho", "lr"):
             for k, v in getattr(self, table).items():
-                need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-                     f"{table}.{k} must be a number >= 0, got {v!r}")
+                need(isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and math.isfinite(v) and v >= 0,
+                     f"{table}.{k} must be a finite number >= 0, got {v!r} ({_type_name(v)})")
         for k, v in self.vanilla.items():
             need(v in BASE_OPTIMIZERS,
                  f"vanilla.{k} must be one of {', '.join(BASE_OPTIMIZERS)}, got {v!r}")
@@ -295,7 +341,25 @@ class StudyConfig:
         unknown = sorted(set(self.train) - names)
         need(not unknown, f"unknown [train] key(s) {', '.join(unknown)}; valid: "
              f"{', '.join(sorted(names - _RESERVED_TRAIN))}")
+        self._check_sample_counts()
         self.runs()  # validate every TrainConfig now, not halfway through a study
+
+    def _check_sample_counts(self) -> None:
+        """Sample counts no larger than the splits they are drawn from (when the source's
+        size is known without reading it): refused now, not after the training stage."""
+        counts = {"train": [("[analysis] samples", self.analysis.samples),
+                            ("[analysis] ntk_samples", self.analysis.ntk_samples),
+                            ("[analysis] density_samples", self.analysis.density_samples),
+                            ("[landscape] samples", self.landscape.samples)],
+                  "test": [("[analysis] test_samples", self.analysis.test_samples)]}
+        for split, items in counts.items():
+            shape = self.data.replace(subset=1.0).split_shape(split)
+            if shape is None:
+                continue
+            for what, n in items:
+                if isinstance(n, int) and n > shape[0]:
+                    raise SpecError(f"{what} {n} is more than the {shape[0]} {split} examples "
+                                    f"of {self.data.source}")
 
     # -- lookups -----------------------------------------------------------------------
     def _by_model(self, table: dict[str, Any], model: str) -> Any:
@@ -353,6 +417,8 @@ class StudyConfig:
                         try:
                             cfg = TrainConfig(**kw)
                         except GeomkitError as e:
+                            if getattr(e, "param", None) in self.train:
+                                raise SpecError(f"[train] {e}") from None
                             raise SpecError(
                                 f"bad training settings for {model}/{opt}: {e}") from None
                         out.append(RunSpec(self.run_name(model, opt, seed, subset), model,
@@ -422,8 +488,9 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
         raise SpecError("a study needs `models = [...]` (registry names, see `geomkit models`)")
     try:
         return StudyConfig(
-            name=str(d.get("name") or (Path(source).stem if source else "study")),
-            description=str(d.get("description", "")),
+            name=(d["name"] if d.get("name") not in (None, "")
+                  else Path(source).stem if source else "study"),
+            description=d.get("description", ""),
             models=d["models"],
             optimizers=d.get("optimizers", ["vanilla", "sam"]),
             seeds=d.get("seeds", [0]),

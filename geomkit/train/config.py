@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from geomkit.errors import GeomkitError
+from geomkit.data.spec import SEED_RANGE, DataSpec
+from geomkit.errors import SpecError
 
 OPTIMIZERS = ("sgd", "adamw", "sam", "asam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
@@ -55,24 +58,26 @@ class TrainConfig:
     label: str | None = None
 
     def __post_init__(self) -> None:
-        def bad(msg: str) -> None:
-            raise GeomkitError(msg)
-
+        _check_types(self)
         if self.optimizer not in OPTIMIZERS:
-            bad(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise SpecError(f"unknown optimizer {self.optimizer!r}; valid: "
+                            f"{', '.join(OPTIMIZERS)}", param="optimizer")
         if self.base_optimizer is not None and self.base_optimizer not in BASE_OPTIMIZERS:
-            valid = ", ".join(BASE_OPTIMIZERS)
-            bad(f"unknown base optimizer {self.base_optimizer!r}; valid: {valid}")
+            raise SpecError(f"unknown base optimizer {self.base_optimizer!r}; valid: "
+                            f"{', '.join(BASE_OPTIMIZERS)}", param="base_optimizer")
         if self.schedule not in SCHEDULES:
-            bad(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            bad("epochs and batch size must be >= 1")
-        for name in ("lr", "weight_decay", "rho", "grad_clip"):
-            v = getattr(self, name)
-            if v is not None and not v >= 0:
-                bad(f"{name} must be >= 0, got {v}")
+            raise SpecError(f"unknown schedule {self.schedule!r}; valid: "
+                            f"{', '.join(SCHEDULES)}", param="schedule")
         if not 0 <= self.label_smoothing < 1:
-            bad(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise SpecError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+                            param="label_smoothing")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise SpecError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
+                            f"(torch's seed range), got {self.seed}", param="seed")
+        if not 0 <= self.momentum < 1:
+            raise SpecError(f"momentum must be in [0, 1), got {self.momentum}", param="momentum")
+        # the data table is validated (types, sizes) now, not after the model is built
+        DataSpec.from_dict(self.data)
 
     @property
     def is_sam(self) -> bool:
@@ -98,3 +103,83 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- type checks ---------------------------------------------------------------------------
+
+#: The type each field takes, as (kind, lower bound, ``None`` allowed): kind ``int`` refuses
+#: floats and booleans, ``float`` takes any finite real number but a boolean, ``bool`` only
+#: true/false, ``str`` only text, ``dict`` only a table.
+_FIELD_TYPES: dict[str, tuple[str, float | None, bool]] = {
+    "model": ("str", None, False),
+    "model_kwargs": ("dict", None, False),
+    "data": ("dict", None, False),
+    "optimizer": ("str", None, False),
+    "base_optimizer": ("str", None, True),
+    "lr": ("float", 0, True),
+    "weight_decay": ("float", 0, True),
+    "momentum": ("float", 0, False),
+    "rho": ("float", 0, True),
+    "epochs": ("int", 1, False),
+    "batch_size": ("int", 1, False),
+    "warmup_epochs": ("float", 0, False),
+    "schedule": ("str", None, False),
+    "label_smoothing": ("float", 0, False),
+    "grad_clip": ("float", 0, True),
+    "seed": ("int", None, False),
+    "device": ("str", None, False),
+    "bf16": ("bool", None, False),
+    "save_best": ("bool", None, False),
+    "label": ("str", None, True),
+}
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+    "dict": "a table of KEY = VALUE",
+}
+
+
+def _type_name(v: Any) -> str:
+    """The TOML name of a value's type, for messages (``'two' (string)``)."""
+    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table",
+            list: "list", tuple: "list"}.get(type(v), type(v).__name__)
+
+
+def _is(kind: str, v: Any) -> bool:
+    if kind == "int":
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if kind == "float":
+        return (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                and math.isfinite(float(v)))
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    return isinstance(v, dict)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """One :class:`SpecError` per wrong value: names the field, the type it takes and the
+    value given (``epochs must be an integer >= 1, got 'two' (string)``); integers are
+    stored as ``int`` and numbers as ``float``."""
+    for name, (kind, lo, nullable) in _FIELD_TYPES.items():
+        v = getattr(cfg, name)
+        if v is None and nullable:
+            continue
+        expected = _EXPECTED[kind] + (f" >= {lo}" if lo is not None else "")
+        if nullable:
+            expected += " or null"
+        if not _is(kind, v) or (lo is not None and v < lo):
+            raise SpecError(f"{name} must be {expected}, got {v!r} ({_type_name(v)})",
+                            param=name)
+        if kind == "int":
+            object.__setattr__(cfg, name, int(v))
+        elif kind == "float":
+            object.__setattr__(cfg, name, float(v))
+    for key in cfg.model_kwargs:
+        if not isinstance(key, str):
+            raise SpecError(f"model_kwargs keys must be strings, got {key!r} ({_type_name(key)})",
+                            param="model_kwargs")
