@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 EXTRAS ?= test,notebook,vtk
 
-.PHONY: venv demo test bench gpu-check clean
+.PHONY: venv venv-timm demo test test-timm bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -20,11 +20,33 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --user --name geomkit >/dev/null 2>&1 || true
 	touch $(STAMP)
 
+# timm needs torchvision, which cannot load beside the CPU torch 2.13.0 above, so the
+# timm tests (tests/test_timm.py) get their own venv: torch 2.14.1 + torchvision 0.29.1
+# from the local wheel store (pinned in constraints-timm.txt; a CUDA build of torch, run
+# on the CPU), then geomkit -e with its test extras resolved against those pins.
+TIMM_VENV  ?= .venv-timm
+TIMM_BIN    = $(TIMM_VENV)/bin
+TIMM_STAMP  = $(TIMM_VENV)/.installed
+
+venv-timm: $(TIMM_STAMP)
+
+$(TIMM_STAMP): setup.cfg pyproject.toml constraints-timm.txt
+	$(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(TIMM_BIN)/python -m pip install -q -c constraints-timm.txt torch torchvision timm
+	$(TIMM_BIN)/python -m pip install -q -c constraints-timm.txt -e ".[test,timm]"
+	touch $(TIMM_STAMP)
+
 demo: venv
 	$(BIN)/geomkit study quick --out runs/quick
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Only the timm tests, in the timm venv; GEOMKIT_REQUIRE_TIMM=1 turns a failed
+# `import timm` into an error instead of a skip.
+test-timm: venv-timm
+	GEOMKIT_REQUIRE_TIMM=1 $(TIMM_BIN)/python -m pytest -q tests/test_timm.py
 
 bench: venv
 	$(BIN)/python benchmarks/hessian.py
@@ -44,4 +66,4 @@ gpu-check:
 		--out $(GPU_OUT) $(if $(DRY),--dry-run)
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(TIMM_VENV) runs build *.egg-info

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cli._common import add_json_flag, add_option_flags, print_json, print_table
+from cli._source import add_source_flags, checkpoints
 
 ORDER = 60
 
@@ -23,8 +24,10 @@ def register(subparsers) -> None:
         "command skips what is already there, --force recomputes. Render with `geomkit "
         "table`.",
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="geomkit checkpoints (.pt) or run directories holding last.pt")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT",
+                   help="geomkit checkpoints (.pt) or run directories holding last.pt (or "
+                   "--model SPEC --weights FILE --data SOURCE)")
+    add_source_flags(p)
     from geomkit import measurements as registry
 
     add_option_flags(p, registry.option_fields())
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         measure = [m.strip() for m in args.measure.split(",") if m.strip()]
     options = {name: getattr(args, name) for name in registry.option_fields()}
     res = analyze(
-        args.checkpoints,
+        checkpoints(args, args.checkpoints),
         args.out,
         measurements=measure,
         force=args.force,

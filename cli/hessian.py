@@ -14,6 +14,7 @@ from cli._common import (
     print_json,
     print_table,
 )
+from cli._source import add_source_flags, checkpoints
 from geomkit.device import resolve_device
 from geomkit.errors import SpecError
 
@@ -36,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "stochastic-Lanczos-quadrature eigenvalue density."
         ),
     )
-    p.add_argument("ckpt", metavar="CKPT", help="checkpoint file")
+    p.add_argument("ckpt", nargs="?", metavar="CKPT",
+                   help="checkpoint file (or --model SPEC --weights FILE --data SOURCE)")
+    add_source_flags(p)
     p.add_argument("--blocks", nargs="+", default=["paper"], metavar="NAME",
                    help="preset blocks: paper (default), whole, embedding, attn, mlp, "
                    "token_mlp, channel_mlp, block{k}")
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from geomkit.geometry.blocks import parse_block_arg, resolve_blocks
     from geomkit.geometry.hessian import hessian_eigs
     from geomkit.geometry.spectrum import hutchinson_trace, spectral_density
+    from geomkit.io import probe_writable
     from geomkit.io.hessian import check_hessian_out, hessian_record, save_hessian
 
     regex: dict[str, str] = {}
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"--out must name an .h5 file, got {args.out!r}")
     if args.out:  # before any work: never replace a results file, a landscape, ...
         check_hessian_out(args.out)
-    ck = load_checkpoint(args.ckpt)
+        probe_writable(args.out)  # ... nor compute for a directory it cannot write
+    ck = load_checkpoint(checkpoints(args, args.ckpt)[0])
     model = ck.model
     blocks = args.blocks
     resolve_blocks(model, blocks, regex)  # bad names fail before any data is read

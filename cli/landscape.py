@@ -15,13 +15,17 @@ from cli._common import (
     positive_int,
     print_json,
     print_table,
+    seed_int,
 )
+from cli._source import add_source_flags, checkpoints
 from geomkit.device import resolve_device
 
 ORDER = 50
 
-#: values starting with "-" that are numbers or grid specs (-1, -0.5, -1:1:51)
-_GRID_LIKE = re.compile(r"^-(\d|\.\d)[\d.eE:+-]*$")
+#: values starting with "-" that are numbers or grid specs (-1, -0.5, -1:1:51, -1:inf:3,
+#: -inf:1:3, -nan:0:3), so that argparse passes them to --x/--y/--seed instead of taking
+#: them for flags; parse_range then says what is wrong with them
+_GRID_LIKE = re.compile(r"^-(\d|\.\d|inf|nan)[\w.:+-]*$", re.IGNORECASE)
 
 _DIR_HELP = (
     "direction(s): 'random' (seeded Gaussian, normalized by --norm/--ignore; default){hess} "
@@ -38,16 +42,21 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "landscape",
         help="loss/accuracy surface around a checkpoint (filter-normalized directions) to HDF5",
-        description="Evaluate the mean cross-entropy and accuracy on the first N analysis "
-        "examples at every theta + a*d1 + b*d2 of a grid, into a resumable HDF5 file in the "
-        "layout of tomgoldstein/loss-landscape (xcoordinates, ycoordinates, train_loss, "
-        "train_acc shaped [len(y), len(x)]). Re-running the same command resumes an "
-        "interrupted file; a file computed with another spec is refused. Under torchrun each "
-        "rank computes its shard (OUT.shard<i>of<n>.h5) and rank 0 merges them into OUT.",
+        description="Evaluate the mean loss (cross-entropy unless --loss) and accuracy on the "
+        "first N analysis examples at every theta + a*d1 + b*d2 of a grid, into a resumable "
+        "HDF5 file in the layout of tomgoldstein/loss-landscape (xcoordinates, ycoordinates, "
+        "train_loss, train_acc shaped [len(y), len(x)]). Re-running the same command resumes "
+        "an interrupted file; a file computed with another spec is refused. Under torchrun "
+        "each rank computes its shard (OUT.shard<i>of<n>.h5) and rank 0 merges them into OUT. "
+        "A grid above 1,000,000 points or a 1 GiB file is refused, with its estimated cost, "
+        "unless --yes.",
     )
     # let `--x -1:1:51` through: argparse would take "-1:1:51" for an option flag
     p._negative_number_matcher = _GRID_LIKE
-    p.add_argument("checkpoint", metavar="CKPT", help="geomkit checkpoint (.pt) or run directory")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT",
+                   help="geomkit checkpoint (.pt) or run directory (or --model SPEC --weights "
+                   "FILE --data SOURCE)")
+    add_source_flags(p)
     p.add_argument(
         "--x",
         default=None,
@@ -88,7 +97,15 @@ def register(subparsers) -> None:
         metavar="N",
         help="analysis examples: the first N of the training split (default 1024)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the random directions (default 0)")
+    p.add_argument(
+        "--loss",
+        default="ce",
+        metavar="LOSS",
+        help="loss on the surface: ce (default), ce:EPS (label smoothing EPS), bce (sigmoid "
+        "cross-entropy on one-hot targets) or mse (on one-hot targets)",
+    )
     p.add_argument(
         "--batch-size",
         type=positive_int,
@@ -109,6 +126,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="require FILE.h5 to exist and continue it (re-running without "
         "--resume also resumes a matching file)",
+    )
+    p.add_argument(
+        "--yes",
+        dest="allow_large",
+        action="store_true",
+        help="compute a grid above 1,000,000 points or a 1 GiB file (refused by default, "
+        "with its estimated points, file size and time)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_device_flag(p)
@@ -140,7 +164,6 @@ def _grid(args) -> tuple[tuple, tuple | None]:
     else:
         y = parse_range(args.y, "--y")
     return x, y
-
 
 
 def _summary(res) -> dict:
@@ -192,11 +215,15 @@ def _render(summary: dict, as_json: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from geomkit import distributed
     from geomkit.geometry.landscape import landscape_from_checkpoint, parse_shard
+    from geomkit.geometry.landscape.grid_check import check_grid
 
     x, y = _grid(args)
     shard = parse_shard(args.shard) if args.shard else None
+    # the grid's cost is known before the checkpoint loads: refuse a huge one up front
+    check_grid(x, y, samples=args.samples, shards=shard[1] if shard else 1,
+               allow_large=args.allow_large)
     res = landscape_from_checkpoint(
-        args.checkpoint,
+        checkpoints(args, args.checkpoint)[0],
         args.out,
         x=x,
         y=y,
@@ -209,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         shard=shard,
         resume=True if args.resume else None,
         device=resolve_device(args.device),
+        loss=args.loss,
         progress=not args.no_progress,  # tqdm on stderr; stdout stays one table / JSON object
     )
     if distributed.is_main():

@@ -21,6 +21,7 @@ from typing import Any
 from geomkit import measurements as registry
 from geomkit.checkpoint import Checkpoint, load_checkpoint
 from geomkit.errors import CheckpointError, ResultFileError, SpecError
+from geomkit.io import probe_writable
 from geomkit.results import Results, ResultsFile, checkpoint_id
 
 __all__ = ["AnalyzeResult", "analyze"]
@@ -82,7 +83,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 def analyze(
-    checkpoints: Iterable[str | Path],
+    checkpoints: Iterable[str | Path | Checkpoint],
     out: str | Path,
     *,
     measurements: Sequence[str] | None = None,
@@ -94,7 +95,8 @@ def analyze(
 
     Args:
         checkpoints: checkpoint files (or run directories holding ``last.pt``).
-        out: results file; created if missing, resumed if present.
+        out: results file; created with the first finished measurement if missing (a
+            job that fails before leaves nothing behind), resumed if present.
         measurements: registered names (None: the default ones, in run order).
         force: recompute measurements already in the file (and replace ones stored with
             other settings).
@@ -109,7 +111,9 @@ def analyze(
     Raises:
         CheckpointError: a missing or unreadable checkpoint (checked before any work).
         ResultFileError: ``out`` is not a results file, or holds a measurement of one of
-            these checkpoints computed with other settings (use ``force``).
+            these checkpoints computed with other settings (use ``force``); ``out``
+            cannot be written (read-only, full disk: before the first measurement is
+            computed where that shows, else when it is written, the file as it was).
         SpecError: bad options, an unknown option or measurement name.
     """
     t0 = time.perf_counter()
@@ -124,13 +128,23 @@ def analyze(
     # validate every option before any work (each measurement's dataclass checks its own)
     opts = {n: registry.build_options(n, options) for n in names}
     resolved = {k: v for n in names for k, v in vars(opts[n]).items()}
-    paths = [Path(p) for p in checkpoints]
+    # paths, or checkpoints already in memory (geomkit.imported.import_weights)
+    paths = [p if isinstance(p, Checkpoint) else Path(p) for p in checkpoints]
     if not paths:
         raise CheckpointError("no checkpoints given")
     for p in paths:
-        if not p.exists():
+        if isinstance(p, Path) and not p.exists():
             raise CheckpointError(f"no such checkpoint: {p}")
-    rf = ResultsFile(out)
+    rf = ResultsFile(out, create=False)  # validates an existing out; writes nothing yet
+    for p in paths:  # every checkpoint readable before any work (and before out exists)
+        load_checkpoint(p)
+    probed = False
+
+    def writable() -> None:  # before the first result is computed: fail fast, not after it
+        nonlocal probed
+        if not probed:
+            probe_writable(rf.path)
+            probed = True
 
     computed: list[tuple[str, str]] = []
     reused: list[tuple[str, str]] = []
@@ -158,6 +172,7 @@ def analyze(
                     bar.update(1)
                     continue
                 found = rf.find(name, settings) if spec.per_architecture and not force else None
+                writable()
                 if found is not None:
                     src, m = found
                     rf.put(meta, name, m.values, settings=settings, seconds=0.0,

@@ -104,6 +104,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from geomkit import distributed
@@ -451,7 +452,10 @@ def ntk(
         )
 
         def batched(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            out = logits_of(functional_call(model, (p, frozen, buffers), (x,)))
+            # the math attention backend: vmap has no batching rule for the fused CPU
+            # scaled_dot_product_attention kernel (timm's ViTs), and would loop per example
+            with sdpa_kernel(SDPBackend.MATH):
+                out = logits_of(functional_call(model, (p, frozen, buffers), (x,)))
             return out.reshape(out.shape[0], -1)
 
         # probe: output width C and the bytes autograd saves per example

@@ -17,7 +17,8 @@ from .directions import (
     random_directions,
 )
 from .evaluate import Grid, Landscape
-from .storage import compute_landscape
+from .grid_check import check_grid
+from .storage import compute_landscape, loss_spec
 
 #: ``direction`` values besides a checkpoint path.
 DIRECTION_KINDS = ("random", "hessian")
@@ -54,6 +55,8 @@ def landscape_from_checkpoint(
     dtype: torch.dtype | None = None,
     flush_interval: float = 5.0,
     progress: bool = False,
+    loss: str = "ce",
+    label_smoothing: float = 0.0,
 ) -> Landscape:
     """Loss surface (or line, ``y=None``) around a checkpoint into the resumable file ``out``.
 
@@ -67,16 +70,22 @@ def landscape_from_checkpoint(
       ``theta2 - theta`` (a = 0 is the first, a = 1 the second checkpoint); a 2-D grid
       adds one random normalized y direction.
 
+    ``loss`` is ``ce`` (default), ``ce:EPS`` (label smoothing), ``bce`` or ``mse``.
+
     The spec stored in the file (and checked on resume) holds the checkpoint's
-    SHA-256, the grid, direction, norm, ignore, seed, split, samples and dtype.
+    SHA-256, the grid, direction, norm, ignore, seed, split, samples, dtype and (when not
+    plain ``ce``) the loss.
     """
     from geomkit.checkpoint import load_checkpoint
 
+    loss_spec(loss, label_smoothing)  # a bad loss fails before the checkpoint loads
     if norm not in NORMS:
         raise SpecError(f"unknown normalization {norm!r}; choose one of {', '.join(NORMS)}")
     if ignore not in IGNORES:
         raise SpecError(f"unknown ignore option {ignore!r}; choose one of {', '.join(IGNORES)}")
     grid = Grid(tuple(x), None if y is None else tuple(y))
+    # the result arrays must fit in memory (the CLI also asks --yes for merely large ones)
+    check_grid(grid.x, grid.y, samples=samples, allow_large=True)
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model
     inputs, targets = ckpt.analysis_data(split, samples)
@@ -87,17 +96,20 @@ def landscape_from_checkpoint(
             return random_directions(model, grid.ndim, seed=seed, norm=norm, ignore=ignore)
     elif direction == "hessian":
         if not hessian_available():
-            raise SpecError("--dir hessian needs geomkit.geometry.hessian, which is not installed")
+            raise SpecError("direction 'hessian' needs geomkit.geometry.hessian, which is not "
+                            "installed", param="direction")
         dir_spec = "hessian"
 
         def make():
             return hessian_directions(
-                model, inputs, targets, k=grid.ndim, seed=seed, batch_size=batch_size, device=device
+                model, inputs, targets, k=grid.ndim, seed=seed, batch_size=batch_size,
+                device=device, loss=loss, label_smoothing=label_smoothing,
             )
     else:
         if not Path(direction).exists():
             raise CheckpointError(
-                f"--dir {direction!r} is neither random/hessian nor an existing checkpoint file"
+                f"direction {direction!r} is neither random/hessian nor an existing checkpoint "
+                "file", param="direction"
             )
         ckpt2 = load_checkpoint(direction)
         if ckpt2.model_name != ckpt.model_name:
@@ -124,7 +136,7 @@ def landscape_from_checkpoint(
         "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
     }
     attrs = {
-        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint": str(ckpt.path),
         "model_name": str(ckpt.model_name),
         "data_spec": _json(ckpt.data_spec),
     }
@@ -146,6 +158,8 @@ def landscape_from_checkpoint(
         dtype=dtype,
         flush_interval=flush_interval,
         progress=progress,
+        loss=loss,
+        label_smoothing=label_smoothing,
     )
 
 

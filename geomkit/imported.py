@@ -1,0 +1,105 @@
+"""Your model, your weights: a :class:`~geomkit.checkpoint.Checkpoint` of a model geomkit
+did not train, so every analysis, table and plot takes it like one of its own.
+
+>>> from geomkit.imported import import_weights  # doctest: +SKIP
+>>> ck = import_weights("timm:vit_tiny_patch16_224", "vit.safetensors",
+...                     data={"source": "imagefolder", "root": "imgs"},
+...                     model_args={"img_size": 32})  # doctest: +SKIP
+>>> ck.save("vit.pt")  # doctest: +SKIP
+
+``model`` is a registry name, ``timm:NAME`` or ``package.module:callable``
+(:mod:`geomkit.models.external`); ``weights`` any file :mod:`geomkit.models.weights`
+reads (torch files in the usual nestings, ``.safetensors``). The data shape fills in
+what the model needs unless ``model_args`` says otherwise: ``image_size``/``in_chans``/
+``num_classes`` for registry models (as ``geomkit train`` does), ``in_chans``/
+``num_classes`` for timm; a factory of your own gets only ``model_args``.
+
+The checkpoint's ``config`` records where the weights came from (path, SHA-256, strict or
+not, keys left at their initial values), its ``sha256()`` is the weights file's, and
+:func:`save_imported` writes it as a self-describing geomkit checkpoint (``geomkit import``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomkit.checkpoint import Checkpoint, save_checkpoint
+from geomkit.data import DataSpec, info
+from geomkit.errors import DataError
+from geomkit.models import build_model, list_models
+from geomkit.models.external import TIMM
+from geomkit.models.weights import fit_weights, read_weights
+from geomkit.provenance import file_sha256, provenance
+
+__all__ = ["import_weights", "model_kwargs_for", "save_imported"]
+
+
+def model_kwargs_for(model: str, data: DataSpec, model_args: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The constructor kwargs of ``model`` on ``data``: the data's shape under
+    ``model_args`` (which win)."""
+    args = dict(model_args or {})
+    if model in list_models():
+        d = info(data)
+        return {"image_size": d.image_size, "in_chans": d.in_chans,
+                "num_classes": d.num_classes, **args}
+    if model.startswith(TIMM):
+        d = info(data)
+        return {"in_chans": d.in_chans, "num_classes": d.num_classes, **args}
+    return args
+
+
+def import_weights(
+    model: str,
+    weights: str | Path,
+    data: DataSpec | Mapping[str, Any] | str = "digits",
+    *,
+    model_args: Mapping[str, Any] | None = None,
+    strict: bool = True,
+    device: str | torch.device = "cpu",
+) -> Checkpoint:
+    """An in-memory checkpoint of ``model`` (built with ``model_args``) holding ``weights``,
+    analysed on ``data`` (a :class:`~geomkit.data.DataSpec`, its dict or a source name).
+
+    ``strict=False`` loads what fits and keeps the rest at its initialisation (the keys
+    are listed in ``config["missing_keys"]``); shapes must always fit.
+
+    Raises:
+        ModelError: the model cannot be built.
+        CheckpointError: the weights file is unreadable or does not fit the model.
+        DataError: a bad data spec.
+    """
+    spec = _data_spec(data)
+    path = Path(weights)
+    state = read_weights(path)
+    kwargs = model_kwargs_for(model, spec, model_args)
+    net = build_model(model, kwargs)
+    missing = fit_weights(net, state, strict=strict, source=f"the weights in {path}")
+    sha = file_sha256(path)
+    config = {"optimizer": "imported", "label": "imported", "imported_from": str(path.resolve()),
+              "weights_sha256": sha, "strict": bool(strict), "missing_keys": missing}
+    net.to(device).eval()
+    return Checkpoint(path=path.resolve(), model=net, model_name=model, model_kwargs=kwargs,
+                      config=config, data_spec=spec, metrics={}, provenance=provenance(),
+                      step=0, epoch=0)
+
+
+def save_imported(ck: Checkpoint, out: str | Path) -> Path:
+    """Write an imported checkpoint as a geomkit checkpoint (atomically) and return its path;
+    :func:`geomkit.checkpoint.load_checkpoint` then reads it like any other."""
+    return save_checkpoint(out, ck.model, config=ck.config, data_spec=ck.data_spec)
+
+
+def _data_spec(data: DataSpec | Mapping[str, Any] | str) -> DataSpec:
+    if isinstance(data, DataSpec):
+        return data
+    if isinstance(data, str):
+        return DataSpec(source=data)
+    if isinstance(data, Mapping):
+        return DataSpec.from_dict(dict(data))
+    raise DataError(f"data must be a DataSpec, its dict or a source name, got "
+                    f"{type(data).__name__}", param="data")
