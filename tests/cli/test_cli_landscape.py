@@ -145,3 +145,28 @@ def test_missing_checkpoint_and_spec_mismatch_exit_2(ckpts, tmp_path, capsys):
     assert out.read_bytes() == before
     rc, _, err = _run(capsys, ["plot", str(tmp_path / "missing.h5")])
     assert rc == 2 and err.count("\n") == 1
+
+
+def test_loss_flag_reaches_the_surface(ckpts, tmp_path, capsys):
+    from geomkit.checkpoint import load_checkpoint
+    from geomkit.geometry.landscape import evaluate
+
+    a, _ = ckpts
+    ck = load_checkpoint(a)
+    x, y = ck.analysis_data("train", 32)
+    out = tmp_path / "mse.h5"
+    rc, text, err = _run(capsys, ["landscape", str(a), *ARGS, "--loss", "mse", "--out", str(out),
+                                  "--json"])
+    assert rc == 0, err
+    mse, _ = evaluate(ck.model, x, y, loss="mse")
+    ce, _ = evaluate(ck.model, x, y)
+    center = json.loads(text)["center_loss"]
+    assert center == pytest.approx(mse, rel=1e-6) and center != pytest.approx(ce, rel=1e-3)
+    # the same file with the default loss is another computation: refused, file kept
+    before = out.read_bytes()
+    rc, _, err = _run(capsys, ["landscape", str(a), *ARGS, "--out", str(out)])
+    assert rc == 2 and "another spec" in err and out.read_bytes() == before
+    rc, _, err = _run(capsys, ["landscape", str(a), *ARGS, "--loss", "hinge",
+                               "--out", str(tmp_path / "h.h5")])
+    assert rc == 2 and "--loss" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "h.h5").exists()
