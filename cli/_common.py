@@ -11,34 +11,37 @@ from typing import Any
 from geomkit.errors import SpecError
 
 
-def positive_int(text: str) -> int:
+def _parsed(text: str, conv: Any, ok: Any, what: str) -> Any:
+    """``conv(text)`` if it parses and ``ok`` accepts it, else argparse's one-line error."""
     try:
-        v = int(text)
+        v = conv(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _parsed(text, int, lambda v: v > 0, "a positive integer")
 
 
 def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return v
+    return _parsed(text, float, lambda v: math.isfinite(v) and v >= 0,
+                   "a non-negative number")
+
+
+def positive_float(text: str) -> float:
+    return _parsed(text, float, lambda v: math.isfinite(v) and v > 0,
+                   "a positive finite number")
 
 
 def int_at_most(maximum: int):
     """An argparse type: a positive integer no larger than ``maximum``."""
 
     def parse(text: str) -> int:
-        v = positive_int(text)
-        if v > maximum:
-            raise argparse.ArgumentTypeError(f"expected at most {maximum:,}, got {text!r}")
-        return v
+        return _parsed(text, int, lambda v: 0 < v <= maximum,
+                       f"a positive integer at most {maximum:,}")
 
     return parse
 
@@ -47,24 +50,8 @@ def seed_int(text: str) -> int:
     """A seed torch accepts: an integer in [-2**63, 2**63 - 1]."""
     from geomkit.data.spec import SEED_RANGE
 
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not SEED_RANGE[0] <= v <= SEED_RANGE[1]:
-        raise argparse.ArgumentTypeError(
-            f"expected a seed in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {text!r}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return v
+    lo, hi = SEED_RANGE
+    return _parsed(text, int, lambda v: lo <= v <= hi, f"an integer seed in [{lo}, {hi}]")
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:

@@ -107,22 +107,14 @@ _FROM_DATA = {"image_size": "use --image-size", "in_chans": "the source's channe
 
 
 def _model_args(items: list[str]) -> dict:
-    import json
-
+    from cli._source import parse_model_args
     from geomkit.errors import SpecError
 
-    out = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--model-arg must be KEY=VALUE, got {item!r}")
+    out = parse_model_args(items)
+    for key in out:
         if key in _FROM_DATA:
             raise SpecError(f"--model-arg {key} is set from the data ({_FROM_DATA[key]}); "
                             "a model built for another shape than its inputs cannot train")
-        try:
-            out[key] = json.loads(val)
-        except json.JSONDecodeError:
-            out[key] = val
     return out
 
 

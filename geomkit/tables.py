@@ -254,6 +254,13 @@ def _paper_row(entry: Any, rows: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]
     return None
 
 
+def _start(table: int, results: Results | str | Path, with_paper: bool) -> tuple[Any, ...]:
+    """``(results, entries, checkpoint labels, checkpoint keys, notes)`` of a table."""
+    res = _load(results, need_records=not with_paper)
+    return (res, _entries(table, res.records), _column_labels(res.records),
+            [r.id for r in res.records], _notes(table, res.records))
+
+
 def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     """Table 1: one row per registered Table-1 entry (#params, κ at init, λ_max, top-1,
     -C); one column per checkpoint.
@@ -261,13 +268,9 @@ def table1(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     Raises:
         ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
     """
-    res = _load(results, need_records=not with_paper)
-    entries = _entries(1, res.records)
-    cols = _column_labels(res.records)
-    col_keys = [r.id for r in res.records]
+    res, entries, cols, col_keys, notes = _start(1, results, with_paper)
     cells = [[e.value(r) for r in res.records] for e in entries]
     kinds = [[e.kind] * len(res.records) for e in entries]
-    notes = _notes(1, res.records)
     if with_paper:
         p = paper_tables()[1]
         for j, head in enumerate(p.header[1:], start=1):
@@ -301,12 +304,8 @@ def table3(results: Results | str | Path, *, with_paper: bool = False) -> Table:
     Raises:
         ResultFileError: the file holds no checkpoint and ``with_paper`` is False.
     """
-    res = _load(results, need_records=not with_paper)
-    entries = _entries(3, res.records)
-    rows = _column_labels(res.records)
-    row_keys = [r.id for r in res.records]
+    res, entries, rows, row_keys, notes = _start(3, results, with_paper)
     cells: list[list[Any]] = [[e.value(r) for e in entries] for r in res.records]
-    notes = _notes(3, res.records)
     if with_paper:
         p = paper_tables()[3]
         for row in p.rows:

@@ -59,7 +59,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn as nn
@@ -72,6 +72,7 @@ from geomkit.geometry._inputs import as_data, logits_of, resolve_loss_sum
 from geomkit.geometry._work import analysis_mode, free_memory, run_device_for
 
 __all__ = [
+    "OperatorOptions",
     "BN_MODES",
     "STRATEGIES",
     "HessianOperator",
@@ -93,6 +94,20 @@ def _add(acc: Sequence[torch.Tensor | None],
     """Elementwise sum of two lists of optional tensors (None = zero)."""
     return [a if p is None else (p if a is None else a + p)
             for a, p in zip(acc, parts, strict=True)]
+
+
+class OperatorOptions(TypedDict, total=False):
+    """The keyword options of :class:`HessianOperator`, which the spectral estimators of
+    :mod:`geomkit.geometry.spectrum` pass on unchanged (``**operator``)."""
+
+    loss: str | Callable[..., torch.Tensor]
+    label_smoothing: float
+    batch_size: int | None
+    strategy: str
+    bn: str
+    dtype: torch.dtype | None
+    device: torch.device | str | None
+    memory_budget: int | None
 
 
 class HessianOperator:

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,7 @@ import torch.nn as nn
 from geomkit.errors import SpecError
 from geomkit.geometry._work import progress_bar
 from geomkit.geometry.blocks import resolve_blocks
-from geomkit.geometry.hvp import HessianOperator
+from geomkit.geometry.hvp import HessianOperator, OperatorOptions
 from geomkit.geometry.lanczos import LanczosRun
 
 __all__ = ["DensityResult", "TraceResult", "hutchinson_trace", "rademacher", "spectral_density"]
@@ -133,31 +133,24 @@ def hutchinson_trace(
     data: Any,
     targets: torch.Tensor | None = None,
     *,
-    loss: str | Callable[..., torch.Tensor] = "ce",
-    label_smoothing: float = 0.0,
     blocks: Sequence[str] | str = ("whole",),
     regex: dict[str, str] | None = None,
     n_probes: int = 64,
     chunk: int = 8,
-    batch_size: int | None = None,
-    strategy: str = "auto",
-    bn: str = "eval",
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
     seed: int = 0,
-    memory_budget: int | None = None,
     progress: bool = False,
+    **operator: Unpack[OperatorOptions],
 ) -> dict[str, TraceResult]:
     """Hutchinson estimates of tr(H_BB) per block, with standard errors.
 
     Args:
-        model, data, targets, loss, label_smoothing: as
-            :func:`geomkit.geometry.hessian.hessian_eigs`.
+        model, data, targets: as :func:`geomkit.geometry.hessian.hessian_eigs`.
         blocks, regex: preset block names and user regex blocks.
         n_probes: Rademacher probes P per block (≥ 1; ≥ 2 for a standard error).
         chunk: probes multiplied per operator call (they share the forward pass).
-        batch_size, strategy, bn, dtype, device, memory_budget: see
-            :class:`geomkit.geometry.hvp.HessianOperator`.
+        operator: ``loss``, ``label_smoothing``, ``batch_size``, ``strategy``, ``bn``,
+            ``dtype``, ``device``, ``memory_budget`` of
+            :class:`geomkit.geometry.hvp.HessianOperator` (:class:`OperatorOptions`).
         seed: seeds the probes (each block's probes start from the same seed).
         progress: tqdm bar of probes on stderr.
 
@@ -166,9 +159,7 @@ def hutchinson_trace(
     """
     if n_probes < 1 or chunk < 1:
         raise SpecError(f"n_probes and chunk must be >= 1, got {n_probes} and {chunk}")
-    op, resolved = _operator(model, data, targets, blocks, regex, dict(
-        loss=loss, label_smoothing=label_smoothing, batch_size=batch_size, strategy=strategy,
-        bn=bn, dtype=dtype, device=device, memory_budget=memory_budget))
+    op, resolved = _operator(model, data, targets, blocks, regex, operator)
     gens = {b: torch.Generator().manual_seed(int(seed)) for b in resolved}
     samples: dict[str, list[float]] = {b: [] for b in resolved}
     spent = {b: 0.0 for b in resolved}
@@ -196,7 +187,7 @@ def hutchinson_trace(
         se = float(t.std(unbiased=True) / math.sqrt(len(s))) if len(s) > 1 else math.nan
         out[b] = TraceResult(trace=float(t.mean()), stderr=se, n_probes=len(s),
                              n_params=op.dims[b], n_hvps=len(s), seconds=spent[b], samples=t,
-                             strategy=op.strategy, bn=bn)
+                             strategy=op.strategy, bn=op.bn)
     return out
 
 
@@ -205,36 +196,29 @@ def spectral_density(
     data: Any,
     targets: torch.Tensor | None = None,
     *,
-    loss: str | Callable[..., torch.Tensor] = "ce",
-    label_smoothing: float = 0.0,
     blocks: Sequence[str] | str = ("whole",),
     regex: dict[str, str] | None = None,
     n_probes: int = 4,
     n_iter: int = 64,
     sigma: float | None = None,
     n_grid: int = 1000,
-    batch_size: int | None = None,
-    strategy: str = "auto",
-    bn: str = "eval",
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
     seed: int = 0,
-    memory_budget: int | None = None,
     progress: bool = False,
+    **operator: Unpack[OperatorOptions],
 ) -> dict[str, DensityResult]:
     """Eigenvalue density of H_BB per block by stochastic Lanczos quadrature.
 
     Args:
-        model, data, targets, loss, label_smoothing: as
-            :func:`geomkit.geometry.hessian.hessian_eigs`.
+        model, data, targets: as :func:`geomkit.geometry.hessian.hessian_eigs`.
         blocks, regex: preset block names and user regex blocks.
         n_probes: normalised Rademacher start vectors P.
         n_iter: Lanczos steps per probe (capped at the block size; fewer when the
             Krylov space becomes invariant).
         sigma: Gaussian width (None: 1% of the node range, at least 1e-6·max|θ|).
         n_grid: grid points.
-        batch_size, strategy, bn, dtype, device, memory_budget: see
-            :class:`geomkit.geometry.hvp.HessianOperator`.
+        operator: ``loss``, ``label_smoothing``, ``batch_size``, ``strategy``, ``bn``,
+            ``dtype``, ``device``, ``memory_budget`` of
+            :class:`geomkit.geometry.hvp.HessianOperator` (:class:`OperatorOptions`).
         seed: seeds the probes.
         progress: tqdm bar of Lanczos steps on stderr.
 
@@ -245,9 +229,7 @@ def spectral_density(
         raise SpecError("n_probes and n_iter must be >= 1 and n_grid >= 2")
     if sigma is not None and not sigma > 0:
         raise SpecError(f"sigma must be positive, got {sigma}")
-    op, resolved = _operator(model, data, targets, blocks, regex, dict(
-        loss=loss, label_smoothing=label_smoothing, batch_size=batch_size, strategy=strategy,
-        bn=bn, dtype=dtype, device=device, memory_budget=memory_budget))
+    op, resolved = _operator(model, data, targets, blocks, regex, operator)
     runs: dict[str, list[LanczosRun]] = {}
     for b in resolved:
         g = torch.Generator().manual_seed(int(seed))
@@ -289,5 +271,5 @@ def spectral_density(
         out[b] = DensityResult(grid=grid, density=dens, nodes=nodes, weights=weights, sigma=s,
                                n_probes=len(rs), n_iter=max(r.n_iter for r in results),
                                n_params=op.dims[b], n_hvps=sum(r.n_hvps for r in results),
-                               seconds=spent[b], strategy=op.strategy, bn=bn)
+                               seconds=spent[b], strategy=op.strategy, bn=op.bn)
     return out

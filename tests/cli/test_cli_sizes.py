@@ -237,11 +237,13 @@ def test_non_finite_grid_is_one_line_in_a_real_process(ckpt, tmp_path):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["train", *TINY, "--seed", "99999999999999999999"], "argument --seed: expected a seed"),
+        (["train", *TINY, "--seed", "99999999999999999999"],
+         "argument --seed: expected an integer seed in"),
         (["train", *TINY, "--subset-seed", "-99999999999999999999"], "argument --subset-seed"),
         (["landscape", "CKPT", "--seed", "99999999999999999999"], "argument --seed"),
         (["ntk", "CKPT", "--init", "--seed", "99999999999999999999"], "argument --seed"),
-        (["ntk", "CKPT", "--init", "--repeats", "100000"], "argument --repeats: expected at most"),
+        (["ntk", "CKPT", "--init", "--repeats", "100000"],
+         "argument --repeats: expected a positive integer at most 10,000"),
         (["ntk", "CKPT", "--memory-gib", "nan"], "argument --memory-gib"),
         (["ntk", "CKPT", "--memory-gib", "-1"], "argument --memory-gib"),
         (["train", *TINY, "--epochs", "0"], "argument --epochs"),

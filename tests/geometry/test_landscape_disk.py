@@ -13,6 +13,7 @@ whose write failed did the same while HDF5 freed the dataset that held the buffe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -145,43 +146,41 @@ def test_a_flush_that_cannot_write_keeps_the_flushed_points(ckpt, tmp_path, fail
     np.testing.assert_array_equal(_arrays(out)["train_loss"], full["train_loss"])
 
 
-def test_a_disk_that_fills_up_after_the_start_does_not_stop_the_run(ckpt, tmp_path):
-    """Every array is allocated when the file is created, so a flush only overwrites bytes
-    already on the disk: a run resumed on a full disk completes."""
+@contextlib.contextmanager
+def _tmpfs_run(ckpt, tmp_path, kind: str):
+    """``(place, out, argv)``: a 1 MB tmpfs of ``kind`` holding an interrupted surface."""
     if not can_mount():
-        pytest.skip("needs a tmpfs to fill (root)")
-    place = make_place(tmp_path, "full", size="1m")
+        pytest.skip("needs a tmpfs to fill or remount read-only (root)")
+    place = make_place(tmp_path, kind, size="1m")
     try:
         out = place.dir / "surf.h5"
         argv = ["landscape", ckpt, *CLI_GRID, "--out", out]
         _compute(argv)
         full = _arrays(out)
         _interrupted(out)
+        yield place, out, argv, full
+    finally:
+        place.close()
+
+
+def test_a_disk_that_fills_up_after_the_start_does_not_stop_the_run(ckpt, tmp_path):
+    """Every array is allocated when the file is created, so a flush only overwrites bytes
+    already on the disk: a run resumed on a full disk completes."""
+    with _tmpfs_run(ckpt, tmp_path, "full") as (place, out, argv, full):
         place.refuse()
         p = run_cli(argv)
         assert p.returncode == 0, p.stderr
         np.testing.assert_array_equal(_arrays(out)["train_loss"], full["train_loss"])
         assert sorted(os.listdir(place.dir)) == [".filler", "surf.h5"]
-    finally:
-        place.close()
 
 
 def test_resume_on_a_read_only_file_system_is_one_line(ckpt, tmp_path):
-    if not can_mount():
-        pytest.skip("needs a tmpfs to remount read-only (root)")
-    place = make_place(tmp_path, "readonly", size="1m")
-    try:
-        out = place.dir / "surf.h5"
-        argv = ["landscape", ckpt, *CLI_GRID, "--out", out]
-        _compute(argv)
-        _interrupted(out)
+    with _tmpfs_run(ckpt, tmp_path, "readonly") as (place, out, argv, _):
         before = snapshot(place.dir)
         place.refuse()
         p = run_cli(argv)
         _quiet_one_line(p, f"cannot write {out}: read-only file system")
         assert snapshot(place.dir) == before
-    finally:
-        place.close()
 
 
 # -- one process per file ----------------------------------------------------------------

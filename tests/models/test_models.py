@@ -12,16 +12,8 @@ SMALL = {  # every registered name, at a size a CPU test can afford
     "vit-tiny": dict(image_size=8, in_chans=1, num_classes=3),
     "vit-s16": dict(image_size=32, in_chans=3, num_classes=3, depth=1),
     "vit-b16": dict(image_size=16, in_chans=3, num_classes=3, depth=1, embed_dim=96, num_heads=4),
-    "mixer": dict(
-        image_size=8,
-        patch_size=4,
-        in_chans=1,
-        num_classes=3,
-        embed_dim=8,
-        depth=2,
-        tokens_dim=4,
-        channels_dim=8,
-    ),
+    "mixer": dict(image_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=2,
+                  tokens_dim=4, channels_dim=8),
     "mixer-tiny": dict(image_size=8, in_chans=1, num_classes=3),
     "mixer-s16": dict(image_size=32, in_chans=3, num_classes=3, depth=1),
     "mixer-b16": dict(
@@ -65,42 +57,18 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_timm_parameter_names():
-    vit = dict(build("vit-tiny").named_parameters())
-    for k in [
-        "patch_embed.proj.weight",
-        "cls_token",
-        "pos_embed",
-        "blocks.0.attn.qkv.weight",
-        "blocks.0.attn.proj.weight",
-        "blocks.3.mlp.fc1.weight",
-        "blocks.3.mlp.fc2.bias",
-        "norm.weight",
-        "head.weight",
-    ]:
-        assert k in vit
+    def names(model: str, **kw) -> set[str]:
+        return {n for n, _ in build(model, **kw).named_parameters()}
+
+    assert {"patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.proj.weight", "blocks.3.mlp.fc1.weight", "blocks.3.mlp.fc2.bias",
+            "norm.weight", "head.weight"} <= names("vit-tiny")
     assert isinstance(dict(build("vit-tiny").named_modules())["blocks.0.mlp.act"], torch.nn.GELU)
-    mixer = dict(build("mixer-tiny").named_parameters())
-    for k in [
-        "stem.proj.weight",
-        "blocks.0.mlp_tokens.fc1.weight",
-        "blocks.0.mlp_channels.fc2.weight",
-        "norm.bias",
-        "head.weight",
-    ]:
-        assert k in mixer
-    res = dict(build("resnet20").named_parameters())
-    for k in [
-        "conv1.weight",
-        "bn1.weight",
-        "layer1.0.conv1.weight",
-        "layer2.0.downsample.0.weight",
-        "layer3.2.bn2.bias",
-        "fc.weight",
-    ]:
-        assert k in res
-    assert "layer1.0.conv3.weight" in dict(
-        build("resnet50", widths=(8, 8, 8, 8)).named_parameters()
-    )
+    assert {"stem.proj.weight", "blocks.0.mlp_tokens.fc1.weight",
+            "blocks.0.mlp_channels.fc2.weight", "norm.bias", "head.weight"} <= names("mixer-tiny")
+    assert {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight",
+            "layer2.0.downsample.0.weight", "layer3.2.bn2.bias", "fc.weight"} <= names("resnet20")
+    assert "layer1.0.conv3.weight" in names("resnet50", widths=(8, 8, 8, 8))
 
 
 def test_spec_and_family():
@@ -111,17 +79,7 @@ def test_spec_and_family():
 
 
 def test_avg_pool_vit_has_no_class_token():
-    m = build(
-        "vit",
-        image_size=8,
-        patch_size=4,
-        in_chans=1,
-        num_classes=3,
-        embed_dim=8,
-        depth=1,
-        num_heads=2,
-        global_pool="avg",
-    )
+    m = build("vit", **{**SMALL["vit"], "depth": 1}, global_pool="avg")
     assert m.cls_token is None and m.pos_embed.shape[1] == 4
     assert m(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
