@@ -114,8 +114,13 @@ def free_memory(device: torch.device) -> int:
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str) -> Any:
-    """A tqdm bar on stderr, or tqdm's own disabled bar (same calls, nothing shown)."""
-    from tqdm.auto import tqdm
+    """A tqdm bar on stderr, or tqdm's own disabled bar (same calls, nothing shown; the
+    plain class, so a notebook without ipywidgets gets no warning for a bar it never
+    shows)."""
+    if enabled:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
                 disable=not enabled)
