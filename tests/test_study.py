@@ -388,3 +388,8 @@ def load_sha(path: Path) -> str:
     from geomkit.checkpoint import load_checkpoint
 
     return load_checkpoint(path).sha256()
+
+
+def test_a_directory_given_as_the_study_is_named_a_directory(tmp_path: Path):
+    with pytest.raises(SpecError, match="is a directory, not a study file"):
+        load_study_config(str(tmp_path))

@@ -409,14 +409,16 @@ def ntk(
     """
     t0 = time.perf_counter()
     if mode not in MODES:
-        raise SpecError(f"unknown NTK mode {mode!r}; valid: {', '.join(MODES)}")
+        raise SpecError(f"unknown NTK mode {mode!r}; valid: {', '.join(MODES)}", param="mode")
     if bn not in BN_MODES:
-        raise SpecError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
+        raise SpecError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}",
+                        param="bn")
     for label, v in (("chunk_size", chunk_size), ("batch_size", batch_size)):
         if v is not None and int(v) <= 0:
-            raise SpecError(f"{label} must be a positive integer, got {v!r}")
+            raise SpecError(f"{label} must be a positive integer, got {v!r}", param=label)
     if not (memory_gib > 0 and math.isfinite(memory_gib)):
-        raise SpecError(f"memory_gib must be a positive number, got {memory_gib!r}")
+        raise SpecError(f"memory_gib must be a positive number, got {memory_gib!r}",
+                        param="memory_gib")
     inputs = _kernel_inputs(data, n)
     if not isinstance(inputs, torch.Tensor) or inputs.ndim < 1 or len(inputs) == 0:
         raise SpecError("inputs must be a non-empty tensor of N examples, shape (N, ...)")
@@ -647,8 +649,10 @@ def ntk_at_init(
         SpecError: ``repeats < 1``.
     """
     t0 = time.perf_counter()
-    if int(repeats) < 1:
-        raise SpecError(f"repeats must be a positive integer, got {repeats!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 10_000:
+        # each repeat builds and measures a model: more than 10,000 is a typo, not a study
+        raise SpecError(f"repeats must be an integer in 1..10000, got {repeats!r}",
+                        param="repeats")
     seeds = tuple(int(seed) + r for r in range(int(repeats)))
     inputs = _kernel_inputs(data, n)
     results = tuple(ntk(model_factory(sd), inputs, **kwargs) for sd in seeds)

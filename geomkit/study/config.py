@@ -559,5 +559,8 @@ def load_study_config(preset_or_path: str | Path) -> StudyConfig:
         return study_config_from_dict(d, source=f"preset:{text}")
     looks_like_file = path.suffix.lower() in (".toml", ".yaml", ".yml", ".json") or "/" in text
     what = f"no such study file {text!r}" if looks_like_file else f"unknown study preset {text!r}"
+    if path.is_dir():
+        what = (f"{text!r} is a directory, not a study file (a study's output directory is "
+                "its out; give the preset or the .toml it was run from)")
     raise SpecError(f"{what}; valid presets: {', '.join(presets) or '(none installed)'} "
                     "or a path to a .toml file")

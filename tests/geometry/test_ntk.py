@@ -323,3 +323,16 @@ def test_dict_and_tuple_outputs_give_the_plain_kernel(kind, name, bn, device):
         # on the CPU
         assert_same_kernel(res, ref, device)
         assert res.n_outputs == 3 and res.n_params == ref.n_params
+
+
+@pytest.mark.parametrize("repeats", [0, 10_001, 2.0, True])
+def test_ntk_at_init_refuses_repeats_it_cannot_mean(repeats):
+    from geomkit.errors import SpecError
+    from geomkit.geometry.ntk import ntk_at_init
+
+    def never(seed):
+        raise AssertionError("no model may be built")
+
+    with pytest.raises(SpecError) as e:
+        ntk_at_init(never, torch.zeros(2, 3), repeats=repeats)
+    assert e.value.param == "repeats"
