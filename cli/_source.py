@@ -15,8 +15,9 @@ MODEL_HELP = ("registry name (`geomkit models`), timm:NAME (timm.create_model, n
 
 
 def add_source_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
-    """``--model/--weights/--model-arg/--data/--data-root/--image-size/--non-strict``
-    (``model=False``: the command has its own --model, --data and --image-size)."""
+    """``--model/--weights/--model-arg/--data/--data-root/--split-dirs/--mean-std/
+    --image-size/--non-strict`` (``model=False``: the command has its own --model, --data
+    and --image-size, and no --split-dirs/--mean-std)."""
     g = p.add_argument_group("your own model instead of CKPT",
                              "--model SPEC --weights FILE --data SOURCE builds the model, "
                              "loads the weights (.pt/.pth/.bin/.safetensors; nested state "
@@ -36,8 +37,19 @@ def add_source_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
         g.add_argument("--data", metavar="SOURCE", default=None,
                        help="data source of --model (digits, fashion-mnist, cifar10, npz, ...)")
         g.add_argument("--image-size", type=positive_int, default=None,
-                       help="image size for --data (default: the source's native size)")
+                       help="image size for --data (default: the source's native size; "
+                       "imagefolder: 224, shorter side resized, then centre-cropped)")
     g.add_argument("--data-root", default=None, help="directory or file of --data")
+    if model:
+        g.add_argument("--split-dirs", metavar="TRAIN,TEST", default=None,
+                       help="imagefolder: the sub-folders of --data-root holding the train "
+                       "and test split, e.g. train,val; 'flat': --data-root holds the class "
+                       "folders for both (default: train,val or train,test when those are "
+                       "its only sub-folders, else flat)")
+        g.add_argument("--mean-std", metavar="NAME", default=None,
+                       help="normalization of --data: imagenet, inception (0.5/0.5), none "
+                       "([0, 1]) or M1,M2,M3/S1,S2,S3 (default: the source's own; "
+                       "imagefolder: imagenet)")
 
 
 def parse_model_args(items: list[str], flag: str = "--model-arg") -> dict[str, Any]:
@@ -63,7 +75,9 @@ def imported(args: argparse.Namespace) -> Any:
         raise SpecError("--weights needs --model SPEC (the architecture the weights are of)")
     if not getattr(args, "data", None):
         raise SpecError("--weights needs --data SOURCE (the examples to measure on)")
-    spec = DataSpec(source=args.data, root=args.data_root, image_size=args.image_size)
+    extra = {k: getattr(args, k) for k in ("split_dirs", "mean_std")  # not on ntk
+             if getattr(args, k, None) is not None}
+    spec = DataSpec(source=args.data, root=args.data_root, image_size=args.image_size, **extra)
     return import_weights(args.model, args.weights, spec,
                           model_args=parse_model_args(args.model_arg),
                           strict=not args.non_strict)
@@ -82,7 +96,8 @@ def checkpoints(args: argparse.Namespace, given: list[str] | str | None) -> list
             ("--data-root", args.data_root)]
     if args._own_model_flags:
         used += [("--model", args.model), ("--data", args.data),
-                 ("--image-size", args.image_size)]
+                 ("--image-size", args.image_size), ("--split-dirs", args.split_dirs),
+                 ("--mean-std", args.mean_std)]
     flag = next((f for f, v in used if v), None)
     if flag is not None:
         raise SpecError(f"{flag} applies to --model SPEC --weights FILE only; a checkpoint "

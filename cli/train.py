@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", default="digits", help=f"data source: {', '.join(list_sources())}")
     p.add_argument("--data-root", default=None, help="directory or file of the data source")
+    p.add_argument("--split-dirs", metavar="TRAIN,TEST", default=None,
+                   help="imagefolder: the sub-folders of --data-root holding the train and "
+                   "test split, e.g. train,val; 'flat': --data-root holds the class folders "
+                   "for both (default: train,val or train,test when those are its only "
+                   "sub-folders, else flat)")
     p.add_argument(
         "--image-size", type=positive_int, default=None, help="resize images (default: native)"
     )
@@ -127,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         "subset": args.subset,
         "subset_seed": args.subset_seed,
     }
+    if args.split_dirs is not None:
+        data["split_dirs"] = args.split_dirs
     cfg = TrainConfig(
         model=args.model,
         model_kwargs=_model_args(args.model_arg),
@@ -158,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                   "grad_clip": "grad_clip", "seed": "seed", "bf16": "bf16",
                   "save_best": "save_best", "data": "data", "data_root": "data",
                   "image_size": "data", "augment": "data", "subset": "data",
-                  "subset_seed": "data"}
+                  "subset_seed": "data", "split_dirs": "data"}
     same_as = sorted({f for flag, f in flag_field.items()
                       if getattr(args, flag) != _PARSER.get_default(flag)})
     # the training split at --image-size must fit in memory: refused before the model is

@@ -138,14 +138,26 @@ class Checkpoint:
 
     def analysis_data(
         self, split: str = "train", n: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Any, torch.Tensor | None]:
         """The analysis-data rule: the first ``n`` examples of ``split`` in the source's
         canonical order, with this checkpoint's eval preprocessing and no augmentation.
 
         The training subset (``subset`` < 1) is *not* applied here: every checkpoint of a
         source measures on the same examples, whatever fraction it was trained on.
+
+        Returns ``(x, y)`` tensors, except for an ``imagefolder`` source whose ``n``
+        float32 images would exceed :data:`geomkit.data.imagefolder.STREAM_ABOVE_BYTES`
+        (1 GiB, e.g. more than 1783 images at 224 px): then ``(batches, None)``, a
+        re-iterable :class:`~geomkit.data.ImageFolderBatches` that decodes the files batch
+        by batch on every pass, and no separate targets. Either pair is the ``(data,
+        targets)`` that every measurement takes, and ``len()`` of its first element is the
+        number of examples; only the first ``n`` files are decoded.
         """
         spec = self.data_spec.replace(augment=False, subset=1.0)
+        if spec.source == "imagefolder":
+            from geomkit.data import imagefolder
+
+            return imagefolder.analysis_data(spec, split, n)
         x, y = load_split(spec, split)
         if n is not None:
             if n < 1:

@@ -9,18 +9,21 @@ DataInfo(num_classes=10, in_chans=1, image_size=16, class_names=('0', '1', '2', 
 ((1437, 1, 16, 16), torch.int64)
 
 The sources, their fixed splits and normalization constants are documented in
-:mod:`geomkit.data.sources`. The analysis-data rule: the first N examples of
-``load_split(spec, split)``.
+:mod:`geomkit.data.sources`; folders of image files (``DataSpec("imagefolder", root=DIR)``)
+in :mod:`geomkit.data.imagefolder`, whose :class:`ImageFolderBatches` streams them. The
+analysis-data rule: the first N examples of ``load_split(spec, split)``.
 """  # noqa: E501
 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 
 from geomkit.data.corruptions import CORRUPTIONS, corrupt, corrupt_normalized
+from geomkit.data.imagefolder import ImageFolderBatches
 from geomkit.data.sources import CIFAR10_CLASSES, DIGITS_CLASSES, FASHION_MNIST_CLASSES, raw_data
 from geomkit.data.spec import SOURCES, SPLITS, DataInfo, DataSpec
 from geomkit.data.transforms import augment_batch, resize
@@ -30,6 +33,7 @@ __all__ = [
     "CORRUPTIONS",
     "DataInfo",
     "DataSpec",
+    "ImageFolderBatches",
     "SOURCES",
     "SPLITS",
     "augment_batch",
@@ -58,9 +62,13 @@ def info(spec: DataSpec) -> DataInfo:
     """Classes, channels, output image size and class names of ``spec``.
 
     Reads no file for ``digits``, ``fashion-mnist``, ``cifar10`` and ``synthetic``;
-    ``cifar100`` and ``npz`` load (and cache) their data.
+    ``cifar100`` and ``npz`` load (and cache) their data; ``imagefolder`` lists its folders
+    (3 channels: every image is decoded to RGB; ``image_size`` is the spec's).
     """
     _check_spec(spec)
+    if spec.source == "imagefolder":
+        names = raw_data(spec).class_names
+        return DataInfo(len(names), 3, int(spec.image_size), tuple(names))
     if spec.source in _FIXED:
         chans, size, names = _FIXED[spec.source]
     elif spec.source == "synthetic":
@@ -74,28 +82,37 @@ def info(spec: DataSpec) -> DataInfo:
     return DataInfo(len(names), chans, spec.image_size or size, tuple(names))
 
 
-def load_split(spec: DataSpec, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(spec: DataSpec, split: str, *,
+               progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The examples of ``split`` with eval preprocessing, in the source's canonical order.
 
     Preprocessing: values scaled to [0, 1]; resized to ``spec.image_size`` (bilinear,
-    antialiased when shrinking); if ``spec.normalize``, standardised per channel with the
-    source's training-split mean and std. No augmentation. For ``split="train"`` with
+    antialiased when shrinking; ``imagefolder``: shorter side, then centre crop); if
+    ``spec.normalize``, standardised per channel with the source's training-split mean and
+    std (or ``spec.mean_std``'s). No augmentation. For ``split="train"`` with
     ``spec.subset < 1`` only the :func:`subset_indices` examples are kept (still in
     canonical order). Raw arrays are cached per process; each call returns new tensors.
 
     Args:
         spec: the data spec.
         split: ``"train"`` or ``"test"``.
+        progress: ``imagefolder`` only, which decodes every file now: a tqdm bar on stderr
+            (``None``: when stderr is a terminal). Larger folders stream instead:
+            :class:`ImageFolderBatches`.
 
     Returns:
         ``(x, y)``: float32 N×C×H×W images and int64 labels of length N.
 
     Raises:
-        DataError: unknown split, or missing / corrupt / malformed source files.
+        DataError: unknown split, missing / corrupt / malformed source files, or (for
+            ``imagefolder``) a split that would not fit in the memory available now.
     """
     _check_spec(spec)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if spec.source == "imagefolder":
+        bar = sys.stderr.isatty() if progress is None else bool(progress)
+        return ImageFolderBatches(spec, split, progress=bar).tensors()
     raw = raw_data(spec)
     x_np, y_np = (raw.x_train, raw.y_train) if split == "train" else (raw.x_test, raw.y_test)
     size = spec.image_size or _native_size(spec, *x_np.shape[2:])

@@ -30,20 +30,30 @@ Sources and their fixed facts:
   are computed from ``x_train``.
 - ``synthetic``: seeded random class prototypes plus noise, for tests; statistics
   computed from its training split.
+- ``imagefolder``: a directory of class sub-folders of JPEG/PNG/BMP/WebP files, decoded
+  with Pillow one batch at a time (:mod:`geomkit.data.imagefolder`; :func:`raw_data`
+  returns its :class:`~geomkit.data.imagefolder.FolderIndex`, the file lists, not the
+  pixels). Normalization: ImageNet's mean (0.485, 0.456, 0.406), std (0.229, 0.224,
+  0.225) unless ``mean_std`` says otherwise.
+
+Any source normalizes with ``DataSpec.mean_std`` instead when it is set: :func:`raw_data`
+returns those constants as ``mean``/``std``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pickle
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from geomkit.data.idx import parse_idx, payload_md5, read_bytes
-from geomkit.data.spec import DataSpec
+from geomkit.data.spec import DataSpec, parse_mean_std
 from geomkit.errors import DataError
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -90,6 +100,7 @@ HFLIP_DEFAULT = {
     "cifar100": True,
     "npz": False,
     "synthetic": False,
+    "imagefolder": True,
 }
 
 
@@ -107,8 +118,29 @@ class RawData:
     std: tuple[float, ...]
 
 
-def raw_data(spec: DataSpec) -> RawData:
-    """The cached :class:`RawData` of ``spec``'s source (preprocessing options ignored)."""
+def raw_data(spec: DataSpec) -> Any:
+    """The cached :class:`RawData` of ``spec``'s source (the ``imagefolder`` source: its
+    :class:`~geomkit.data.imagefolder.FolderIndex`); preprocessing options are ignored but
+    ``mean_std``, whose constants replace ``mean``/``std``.
+
+    Raises:
+        DataError: missing or corrupt files, or a ``mean_std`` with another number of
+            channels than the images.
+    """
+    raw = _raw_data(spec)
+    if spec.mean_std is None:
+        return raw
+    mean, std = parse_mean_std(spec.mean_std)
+    chans = 3 if spec.source == "imagefolder" else raw.x_train.shape[1]
+    if len(mean) == 1 and chans > 1:
+        mean, std = mean * chans, std * chans
+    if len(mean) != chans:
+        raise DataError(f"mean_std {spec.mean_std!r} has {len(mean)} channels but the "
+                        f"{spec.source} images have {chans}", param="mean_std")
+    return dataclasses.replace(raw, mean=mean, std=std)
+
+
+def _raw_data(spec: DataSpec) -> Any:
     s = spec.source
     if s == "digits":
         return _digits()
@@ -141,13 +173,20 @@ def raw_data(spec: DataSpec) -> RawData:
             spec.synthetic_test,
             spec.synthetic_seed,
         )
+    if s == "imagefolder":
+        from geomkit.data.imagefolder import folder_index
+
+        return folder_index(spec)
     raise AssertionError(f"unhandled source {s}")  # DataSpec validated the name
 
 
 def clear_cache() -> None:
     """Forget every cached source (e.g. after replacing files on disk)."""
+    from geomkit.data import imagefolder
+
     for f in (_digits, _fashion_mnist, _cifar, _npz, _synthetic):
         f.cache_clear()
+    imagefolder.clear_cache()
 
 
 # -- helpers -----------------------------------------------------------------------------

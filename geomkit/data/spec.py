@@ -18,7 +18,8 @@ from typing import Any
 from geomkit.errors import DataError
 
 #: Source names accepted by :class:`DataSpec` (``list_sources()`` returns them).
-SOURCES: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic")
+SOURCES: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic",
+                            "imagefolder")
 
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
@@ -27,6 +28,8 @@ _ALIASES = {
     "cifar-10": "cifar10",
     "cifar-100": "cifar100",
     "sklearn-digits": "digits",
+    "image-folder": "imagefolder",
+    "image_folder": "imagefolder",
 }
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -51,6 +54,16 @@ _CHANS = {"digits": 1, "fashion-mnist": 1, "cifar10": 3, "cifar100": 3}
 _NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32}
 
 _FLOAT32 = 4
+
+#: ``image_size`` of the ``imagefolder`` source when none is given (its images have no
+#: common native size): the ImageNet evaluation size.
+IMAGEFOLDER_SIZE = 224
+
+#: Named per-channel (mean, std) constants of :attr:`DataSpec.mean_std`, in [0, 1] units.
+MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 #: Seeds torch's generators accept (``torch.manual_seed`` overflows outside).
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -106,23 +119,40 @@ class DataSpec:
 
     Attributes:
         source: one of :data:`SOURCES` (``digits`` is the embedded default).
-        root: directory (``fashion-mnist``, ``cifar10``, ``cifar100``) or file (``npz``);
-            ``None`` = the source's default (only ``fashion-mnist`` has one:
-            ``/usr/share/datasets/fashion-mnist``).
+        root: directory (``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagefolder``) or
+            file (``npz``); ``None`` = the source's default (only ``fashion-mnist`` has
+            one: ``/usr/share/datasets/fashion-mnist``).
         image_size: output side length in pixels (square); ``None`` = native. At most
             :data:`MAX_IMAGE_SIZE`; :meth:`check_memory` also refuses a size whose split
             would not fit in the memory available.
-        normalize: subtract the per-channel mean and divide by the per-channel standard
-            deviation of the source's training split (see ``geomkit.data.sources``).
+        normalize: subtract a per-channel mean and divide by a per-channel standard
+            deviation: :attr:`mean_std`'s, else those of the source's training split (see
+            ``geomkit.data.sources``; ``imagefolder``: ImageNet's). False: values in [0, 1].
         augment: apply :func:`geomkit.data.augment_batch` during training (never in
             :func:`geomkit.data.load_split`).
         subset: fraction in (0, 1] of the training split kept, class-balanced.
         subset_seed: seed choosing the kept training examples.
         hflip: horizontal flip in the augmentation; ``None`` = the source's default
-            (on for ``fashion-mnist``/``cifar*``, off for ``digits``/``npz``/``synthetic``).
+            (on for ``fashion-mnist``/``cifar*``/``imagefolder``, off for
+            ``digits``/``npz``/``synthetic``).
         synthetic_classes, synthetic_chans, synthetic_size, synthetic_train,
         synthetic_test, synthetic_seed: shape and seed of the ``synthetic`` source
             (ignored by the others).
+        mean_std: the normalization constants when ``normalize`` is true, any source:
+            ``None`` = the source's own (training-split statistics; ``imagefolder``:
+            ``imagenet``), ``"imagenet"`` (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225),
+            ``"inception"`` 0.5 / 0.5, explicit ``"M1,M2,M3/S1,S2,S3"`` (or a
+            ``(means, stds)`` pair, stored as that string: a timm model's
+            ``pretrained_cfg`` mean/std), one value or one per channel. ``"none"`` is
+            ``normalize=False`` (stored so: ``normalize`` false, ``mean_std`` None).
+        split_dirs: ``imagefolder`` only (see :mod:`geomkit.data.imagefolder`): the
+            sub-folders of ``root`` holding the train and the test split, e.g.
+            ``("train", "val")``; ``()`` = ``root`` itself holds the class folders and
+            serves both splits; ``None`` = detect: ``("train", "val")`` or ``("train",
+            "test")`` when those are exactly ``root``'s sub-folders, else ``()``.
+
+    ``image_size`` of ``imagefolder`` defaults to :data:`IMAGEFOLDER_SIZE` (224), stored
+    in the spec: its images are resized (shorter side) and centre-cropped to it.
     """
 
     source: str = "digits"
@@ -139,6 +169,8 @@ class DataSpec:
     synthetic_train: int = 256
     synthetic_test: int = 64
     synthetic_seed: int = 0
+    mean_std: str | None = None
+    split_dirs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         src = str(self.source).strip().lower()
@@ -153,6 +185,8 @@ class DataSpec:
             if not isinstance(self.root, (str, os.PathLike)):
                 raise DataError(f"data root must be a path, got {self.root!r}")
             object.__setattr__(self, "root", os.fspath(self.root))
+        if self.image_size is None and src == "imagefolder":
+            object.__setattr__(self, "image_size", IMAGEFOLDER_SIZE)
         if self.image_size is not None:
             self._set_int("image_size", minimum=1)
             _check_side("image_size", self.image_size)
@@ -176,6 +210,8 @@ class DataSpec:
         self._set_int("synthetic_test", minimum=1)
         self._set_int("synthetic_seed", *SEED_RANGE)
         _check_side("synthetic_size", self.synthetic_size)
+        self._set_mean_std()
+        self._set_split_dirs(src)
         if src == "synthetic":
             n = self.synthetic_classes + self.synthetic_train + self.synthetic_test
             per = self.synthetic_chans * self.synthetic_size**2 * _FLOAT32
@@ -188,6 +224,53 @@ class DataSpec:
                     f"{format_bytes(MAX_SYNTHETIC_BYTES)} for the synthetic source",
                     param="synthetic_train",
                 )
+
+    def _set_mean_std(self) -> None:
+        value = self.mean_std
+        if value is None:
+            return
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "none":
+                object.__setattr__(self, "normalize", False)
+                object.__setattr__(self, "mean_std", None)
+                return
+            if text in MEAN_STD:
+                canon = text
+            else:
+                canon = _format_mean_std(*parse_mean_std(value))
+        elif isinstance(value, (tuple, list)) and len(value) == 2:
+            canon = _format_mean_std(*_mean_std_pair(value[0], value[1], value))
+        else:
+            raise DataError(f"mean_std must be a name ({', '.join([*MEAN_STD, 'none'])}), "
+                            f"'M1,M2,M3/S1,S2,S3' or a (means, stds) pair, got {value!r}",
+                            param="mean_std")
+        if not self.normalize:
+            raise DataError(f"mean_std {canon!r} normalizes, but normalize is false; drop one "
+                            "of them", param="mean_std")
+        object.__setattr__(self, "mean_std", canon)
+
+    def _set_split_dirs(self, src: str) -> None:
+        value = self.split_dirs
+        if value is None:
+            return
+        if src != "imagefolder":
+            raise DataError(f"split_dirs applies to the imagefolder source only, not {src}",
+                            param="split_dirs")
+        if isinstance(value, str):
+            value = () if value.strip().lower() in ("", "flat", "none") else value.split(",")
+        if not isinstance(value, (tuple, list)) or len(value) not in (0, 2):
+            raise DataError(f"split_dirs must be two folder names (train, test), e.g. "
+                            f"('train', 'val'), or () for one folder serving both splits; got "
+                            f"{self.split_dirs!r}", param="split_dirs")
+        names = []
+        for v in value:
+            v = os.fspath(v).strip() if isinstance(v, (str, os.PathLike)) else v
+            if not isinstance(v, str) or not v or os.path.isabs(v) or ".." in v.split("/"):
+                raise DataError(f"split_dirs holds {v!r}: give folder names relative to "
+                                "root, e.g. ('train', 'val')", param="split_dirs")
+            names.append(v)
+        object.__setattr__(self, "split_dirs", tuple(names))
 
     def _set_int(self, name: str, minimum: int | None = None,
                  maximum: int | None = None) -> None:
@@ -202,8 +285,13 @@ class DataSpec:
 
     def split_shape(self, split: str = "train") -> tuple[int, int, int] | None:
         """``(examples, channels, side)`` that :func:`geomkit.data.load_split` returns for
-        ``split``, known without reading any file for every source but ``npz`` (``None``)."""
-        if self.source == "synthetic":
+        ``split``, known without reading any file for every source but ``npz`` (``None``;
+        ``imagefolder`` lists its folders, opening no image)."""
+        if self.source == "imagefolder":
+            from geomkit.data.imagefolder import folder_index
+
+            n, chans, native = len(folder_index(self).split(split)), 3, self.image_size
+        elif self.source == "synthetic":
             n = self.synthetic_train if split == "train" else self.synthetic_test
             chans, native = self.synthetic_chans, self.synthetic_size
         elif self.source in SPLIT_SIZES:
@@ -262,6 +350,44 @@ class DataSpec:
     def replace(self, **changes: Any) -> DataSpec:
         """A copy with some fields changed (validated like the constructor)."""
         return dataclasses.replace(self, **changes)
+
+
+def parse_mean_std(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(means, stds)`` of a :attr:`DataSpec.mean_std` value: a name of :data:`MEAN_STD`
+    or ``"M1,M2,M3/S1,S2,S3"``.
+
+    Raises:
+        DataError: an unknown name, unparsable numbers, counts that differ, a std <= 0.
+    """
+    key = text.strip().lower()
+    if key in MEAN_STD:
+        return MEAN_STD[key]
+    mean, sep, std = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        m = [float(v) for v in mean.split(",")]
+        s = [float(v) for v in std.split(",")]
+    except ValueError:
+        raise DataError(f"unknown mean_std {text!r}; valid: {', '.join([*MEAN_STD, 'none'])} "
+                        "or explicit 'M1,M2,M3/S1,S2,S3'", param="mean_std") from None
+    return _mean_std_pair(m, s, text)
+
+
+def _mean_std_pair(mean: Any, std: Any, given: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    try:
+        m = tuple(float(v) for v in (mean if isinstance(mean, (tuple, list)) else [mean]))
+        s = tuple(float(v) for v in (std if isinstance(std, (tuple, list)) else [std]))
+    except (TypeError, ValueError):
+        m = s = ()
+    if not m or len(m) != len(s) or not all(math.isfinite(v) for v in m + s) or min(s) <= 0:
+        raise DataError(f"mean_std {given!r} must hold as many finite means as positive stds "
+                        "(one, or one per channel)", param="mean_std")
+    return m, s
+
+
+def _format_mean_std(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    return ",".join(map(repr, mean)) + "/" + ",".join(map(repr, std))
 
 
 def _check_side(name: str, side: int) -> None:

@@ -93,7 +93,8 @@ def test_library_keywords_become_the_subcommands_flags(run_dir, capsys, tmp_path
     assert "--dir '" in err and "neither random/hessian" in err and "\n" not in err
 
 
-@pytest.mark.parametrize("argv", [["train", "--epochs", "x"], ["hessian"], ["nope"],
+@pytest.mark.parametrize("argv", [["train", "--epochs", "x"], ["hessian", "--samples", "x"],
+                                  ["nope"],
                                   ["landscape", "ck.pt", "--norm", "weird", "--out", "o.h5"]])
 def test_argparse_errors_are_one_line_too(argv, capsys):
     with pytest.raises(SystemExit) as e:

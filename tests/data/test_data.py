@@ -67,7 +67,8 @@ def test_spec_aliases_and_paths():
 
 
 def test_list_sources():
-    assert list_sources() == ["digits", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic"]
+    assert list_sources() == ["digits", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic",
+                              "imagefolder"]
 
 
 def test_unknown_split_lists_valid_ones():
