@@ -54,6 +54,33 @@ def seed_int(text: str) -> int:
     return _parsed(text, int, lambda v: lo <= v <= hi, f"an integer seed in [{lo}, {hi}]")
 
 
+LOSS_HELP = ("loss: ce (default), ce:EPS (label smoothing EPS), bce (sigmoid cross-entropy "
+             "on one-hot targets) or mse (on one-hot targets)")
+
+
+def add_loss_flags(p: argparse.ArgumentParser, *, loss: bool = True) -> None:
+    """``--loss`` (unless the command has it already) and ``--label-smoothing``."""
+    if loss:
+        p.add_argument("--loss", default="ce", metavar="LOSS", help=LOSS_HELP)
+    p.add_argument("--label-smoothing", type=nonneg_float, default=0.0, metavar="EPS",
+                   help="label smoothing of the ce loss (the same as --loss ce:EPS)")
+
+
+def loss_of(args: argparse.Namespace) -> str:
+    """``--loss`` with ``--label-smoothing`` folded in (``ce`` + 0.1 -> ``ce:0.1``)."""
+    from geomkit.errors import SpecError
+
+    eps = getattr(args, "label_smoothing", 0.0)
+    if not eps:
+        return args.loss
+    base, _, given = str(args.loss).partition(":")
+    if base != "ce":
+        raise SpecError(f"--label-smoothing applies to the ce loss, not {args.loss!r}")
+    if given:
+        raise SpecError("give the label smoothing once: --loss ce:EPS or --label-smoothing EPS")
+    return f"ce:{eps:g}"
+
+
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 

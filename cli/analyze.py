@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cli._common import add_json_flag, add_option_flags, print_json, print_table
+from cli._common import (
+    add_json_flag,
+    add_loss_flags,
+    add_option_flags,
+    loss_of,
+    print_json,
+    print_table,
+)
 from cli._source import add_source_flags, checkpoints
 
 ORDER = 60
@@ -31,6 +38,7 @@ def register(subparsers) -> None:
     from geomkit import measurements as registry
 
     add_option_flags(p, registry.option_fields())
+    add_loss_flags(p, loss=False)  # --loss is the measurements' option
     p.add_argument("--measure", default=None, metavar="NAME[,NAME...]",
                    help="these measurements (default: "
                    f"{', '.join(registry.default_measurements())}; also available: "
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.measure is not None:
         measure = [m.strip() for m in args.measure.split(",") if m.strip()]
     options = {name: getattr(args, name) for name in registry.option_fields()}
+    if "loss" in options:
+        options["loss"] = loss_of(args)
     res = analyze(
         checkpoints(args, args.checkpoints),
         args.out,

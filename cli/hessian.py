@@ -9,6 +9,8 @@ from typing import Any
 from cli._common import (
     add_device_flag,
     add_json_flag,
+    add_loss_flags,
+    loss_of,
     nonneg_float,
     positive_int,
     print_json,
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ckpt", nargs="?", metavar="CKPT",
                    help="checkpoint file (or --model SPEC --weights FILE --data SOURCE)")
     add_source_flags(p)
+    add_loss_flags(p)
     p.add_argument("--blocks", nargs="+", default=["paper"], metavar="NAME",
                    help="preset blocks: paper (default), whole, embedding, attn, mlp, "
                    "token_mlp, channel_mlp, block{k}")
@@ -113,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     resolve_blocks(model, blocks, regex)  # bad names fail before any data is read
     x, y = ck.analysis_data("train", args.samples)
     progress = not args.no_progress and sys.stderr.isatty()
-    common = dict(blocks=blocks, regex=regex, batch_size=args.batch_size, strategy=args.strategy,
+    loss = loss_of(args)
+    common = dict(blocks=blocks, regex=regex, loss=loss, batch_size=args.batch_size,
+                  strategy=args.strategy,
                   bn=args.bn, dtype=getattr(torch, args.dtype), device=resolve_device(args.device),
                   seed=args.seed, progress=progress)
     r = hessian_eigs(model, x, y, top_k=args.top_k, smallest=args.smallest, tol=args.tol,
@@ -125,11 +130,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         # the record and the file come from one library writer, with the analyze keys
         out = save_hessian(args.out, r, checkpoint=ck, traces=traces, densities=dens,
-                           smallest=args.smallest)
+                           smallest=args.smallest, loss=loss)
         out["out"] = args.out
     else:
         out = hessian_record(r, traces=traces, densities=dens, smallest=args.smallest,
-                             checkpoint=ck)
+                             checkpoint=ck, loss=loss)
 
     if args.json:
         shown = {k: v for k, v in out.items() if k != "params"}
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         row += [d["n_hvps"], round(d["seconds"], 2), d["converged"]]
         rows.append(row)
     print(f"{ck.label}: N={r.n_samples} examples, strategy={r.strategy}, bn={r.bn}, "
-          f"dtype={r.dtype}, tol={r.tol:g}")
+          f"dtype={r.dtype}, tol={r.tol:g}" + (f", loss={loss}" if loss != "ce" else ""))
     print_table(headers, rows)
     if args.out:
         print(f"wrote {args.out}")

@@ -11,6 +11,8 @@ import numpy as np
 from cli._common import (
     add_device_flag,
     add_json_flag,
+    add_loss_flags,
+    loss_of,
     parse_range,
     positive_int,
     print_json,
@@ -99,13 +101,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the random directions (default 0)")
-    p.add_argument(
-        "--loss",
-        default="ce",
-        metavar="LOSS",
-        help="loss on the surface: ce (default), ce:EPS (label smoothing EPS), bce (sigmoid "
-        "cross-entropy on one-hot targets) or mse (on one-hot targets)",
-    )
+    add_loss_flags(p)
     p.add_argument(
         "--batch-size",
         type=positive_int,
@@ -236,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         shard=shard,
         resume=True if args.resume else None,
         device=resolve_device(args.device),
-        loss=args.loss,
+        loss=loss_of(args),
         progress=not args.no_progress,  # tqdm on stderr; stdout stays one table / JSON object
     )
     if distributed.is_main():

@@ -69,7 +69,8 @@ def _numpy(t: Any) -> np.ndarray:
 
 def hessian_record(result: Any, *, traces: Mapping[str, Any] | None = None,
                    densities: Mapping[str, Any] | None = None,
-                   smallest: bool = False, checkpoint: Any = None) -> dict[str, Any]:
+                   smallest: bool = False, checkpoint: Any = None,
+                   loss: str = "ce") -> dict[str, Any]:
     """A :class:`~geomkit.geometry.hessian.HessianResult` (with optional per-block
     :class:`~geomkit.geometry.spectrum.TraceResult` / ``DensityResult``) as plain values.
 
@@ -77,14 +78,17 @@ def hessian_record(result: Any, *, traces: Mapping[str, Any] | None = None,
     ``smallest``), ``blocks`` (block → :data:`BLOCK_KEYS`, ``seconds``, ``eigenvalues``,
     ``error_bound``, optionally ``lambda_min``, ``trace*`` and ``density``) and
     ``params`` (block → parameter names); with ``checkpoint`` also ``checkpoint``,
-    ``model`` and ``label``.
+    ``model`` and ``label``. A ``loss`` other than ``ce`` joins the settings.
     """
     traces, densities = traces or {}, densities or {}
     out: dict[str, Any] = {"samples": int(result.n_samples)}
     if checkpoint is not None:
         out.update(checkpoint=str(checkpoint.path), model=checkpoint.model_name,
                    label=checkpoint.label)
-    out.update(strategy=result.strategy, settings={**result.settings(), "smallest": smallest},
+    settings = {**result.settings(), "smallest": smallest}
+    if loss != "ce":
+        settings["loss"] = loss
+    out.update(strategy=result.strategy, settings=settings,
                blocks={}, params={b: list(v) for b, v in result.params.items()})
     for b, e in result.blocks.items():
         d: dict[str, Any] = {
@@ -124,7 +128,7 @@ def check_hessian_out(path: str | Path) -> None:
 def save_hessian(path: str | Path, result: Any, *, checkpoint: Any = None,
                  traces: Mapping[str, Any] | None = None,
                  densities: Mapping[str, Any] | None = None, smallest: bool = False,
-                 vectors: bool = True) -> dict[str, Any]:
+                 vectors: bool = True, loss: str = "ce") -> dict[str, Any]:
     """Write ``result`` (as :func:`hessian_record`) to the Hessian file ``path`` atomically.
 
     ``checkpoint`` (a :class:`~geomkit.checkpoint.Checkpoint`) adds its identity;
@@ -136,7 +140,7 @@ def save_hessian(path: str | Path, result: Any, *, checkpoint: Any = None,
     check_hessian_out(path)
     densities = densities or {}
     rec = hessian_record(result, traces=traces, densities=densities, smallest=smallest,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, loss=loss)
     with atomic_h5(path) as f:
         f.attrs["format"] = HESSIAN_FORMAT
         f.attrs["created"] = now_utc()

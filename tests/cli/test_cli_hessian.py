@@ -182,3 +182,31 @@ def test_out_on_analyze_results_exits_2_and_keeps_the_file(ckpt, capsys, tmp_pat
     assert rc == 2 and err.count("\n") == 1 and "results file" in err
     assert target.read_bytes() == before
     assert len(load_results(target)) == 1  # still the analyze results file
+
+
+def test_loss_and_label_smoothing_flags_reach_the_hessian(ckpt, capsys, tmp_path):
+    ck = load_checkpoint(ckpt)
+    x, y = ck.analysis_data("train", N)
+    base = ["hessian", str(ckpt), "--samples", str(N), "--json", "--blocks", "whole"]
+    got = {}
+    for flags in (["--loss", "mse"], ["--loss", "ce:0.1"], ["--label-smoothing", "0.1"]):
+        rc, out, err = _run(capsys, [*base, *flags])
+        assert rc == 0, err
+        got[" ".join(flags)] = json.loads(out)
+    for key, loss in (("--loss mse", "mse"), ("--loss ce:0.1", "ce:0.1")):
+        want = hessian_eigs(ck.model, x, y, blocks=("whole",), loss=loss)
+        assert got[key]["blocks"]["whole"]["lambda_max"] == pytest.approx(
+            want.blocks["whole"].lambda_max, rel=1e-5)
+        assert got[key]["settings"]["loss"] == loss
+    smoothed = got["--label-smoothing 0.1"]
+    assert smoothed["settings"]["loss"] == "ce:0.1"
+    assert (smoothed["blocks"]["whole"]["lambda_max"]
+            == got["--loss ce:0.1"]["blocks"]["whole"]["lambda_max"])
+    out = tmp_path / "h.h5"
+    assert _run(capsys, [*base, "--loss", "bce", "--out", str(out)])[0] == 0
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["settings"])["loss"] == "bce"
+    for flags, fragment in ((["--loss", "mse", "--label-smoothing", "0.1"], "ce loss"),
+                            (["--loss", "ce:0.2", "--label-smoothing", "0.1"], "once")):
+        rc, _, err = _run(capsys, [*base, *flags])
+        assert rc == 2 and fragment in err and len(err.strip().splitlines()) == 1
