@@ -29,7 +29,7 @@ import torch
 
 from geomkit.checkpoint import Checkpoint, save_checkpoint
 from geomkit.data import DataSpec, info
-from geomkit.errors import DataError
+from geomkit.errors import DataError, ModelError
 from geomkit.models import build_model, list_models
 from geomkit.models.external import TIMM
 from geomkit.models.weights import fit_weights, read_weights
@@ -74,6 +74,7 @@ def import_weights(
         DataError: a bad data spec.
     """
     spec = _data_spec(data)
+    info(spec)  # a bad source or folder fails before any file is read
     path = Path(weights)
     state = read_weights(path)
     kwargs = model_kwargs_for(model, spec, model_args)
@@ -83,9 +84,29 @@ def import_weights(
     config = {"optimizer": "imported", "label": "imported", "imported_from": str(path.resolve()),
               "weights_sha256": sha, "strict": bool(strict), "missing_keys": missing}
     net.to(device).eval()
-    return Checkpoint(path=path.resolve(), model=net, model_name=model, model_kwargs=kwargs,
-                      config=config, data_spec=spec, metrics={}, provenance=provenance(),
-                      step=0, epoch=0)
+    ck = Checkpoint(path=path.resolve(), model=net, model_name=model, model_kwargs=kwargs,
+                    config=config, data_spec=spec, metrics={}, provenance=provenance(),
+                    step=0, epoch=0)
+    _check_fits(ck, model)
+    return ck
+
+
+def _check_fits(ck: Checkpoint, name: str) -> None:
+    """One forward pass on the first example: a model built for other inputs fails here,
+    in one line, instead of deep inside a measurement."""
+    x, _ = ck.analysis_data("train", 1)
+    if not isinstance(x, torch.Tensor):  # a stream: its first batch
+        x, _ = next(iter(x))
+    p = next(ck.model.parameters(), None)
+    try:
+        with torch.no_grad():
+            ck.model(x.to(p.device if p is not None else "cpu"))
+    except Exception as e:  # noqa: BLE001 - the user's model on the user's data
+        text = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ModelError(f"model {name!r} does not take the inputs of data "
+                         f"{ck.data_spec.source!r} ({'x'.join(map(str, x.shape[1:]))} images): "
+                         f"{type(e).__name__}: {text}; check model_args or the data's "
+                         "image_size", param="model") from None
 
 
 def save_imported(ck: Checkpoint, out: str | Path) -> Path:

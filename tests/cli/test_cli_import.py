@@ -123,6 +123,11 @@ def test_analysis_commands_take_model_weights_and_data(user, capsys):
     (["import", "--model", "SPEC", "--data", "digits", "--out", "OUT"], "--weights FILE is"),
     (["analyze", "--model", "nomodule_xyz:f", "--weights", "W", "--data", "digits"],
      "cannot import 'nomodule_xyz'"),
+    # a model built for other inputs fails at the import, not deep inside a measurement
+    (["hessian", "--model", "SPEC", "--weights", "W", "--data", "digits", "--image-size", "16"],
+     "does not take the inputs of data 'digits' (1x16x16 images)"),
+    (["import", "--model", "SPEC", "--weights", "W", "--data", "imagefolder", "--out", "OUT"],
+     "needs its directory"),
 ])
 def test_mistakes_are_one_line(user, capsys, argv, fragment):
     spec, _, d = user

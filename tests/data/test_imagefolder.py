@@ -398,7 +398,9 @@ def test_streamed_commands_equal_the_tensor_path(digits_folder, capsys, tmp_path
     monkeypatch.setattr(ifm, "STREAM_ABOVE_BYTES", 0)
     monkeypatch.setattr(ifm, "STREAM_BATCH", 32)
     streamed = run("s")
-    assert calls and set(calls) == {48}  # the commands read the stream
+    # the commands read the stream of all 48 (and `import` its first example, to check
+    # that the model takes the inputs)
+    assert 48 in calls and set(calls) <= {1, 48}
     assert streamed[0] == tensors[0]  # 32-example batches cut at 16: the tensor path's batches
     assert streamed[1] == pytest.approx(tensors[1], rel=1e-6)
 
