@@ -48,8 +48,9 @@ def add_source_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
                        "its only sub-folders, else flat)")
         g.add_argument("--mean-std", metavar="NAME", default=None,
                        help="normalization of --data: imagenet, inception (0.5/0.5), none "
-                       "([0, 1]) or M1,M2,M3/S1,S2,S3 (default: the source's own; "
-                       "imagefolder: imagenet)")
+                       "([0, 1]), M1,M2,M3/S1,S2,S3 or timm (the pretrained_cfg mean/std of "
+                       "a --model timm:NAME) (default: the source's own; imagefolder: "
+                       "imagenet)")
 
 
 def parse_model_args(items: list[str], flag: str = "--model-arg") -> dict[str, Any]:
@@ -77,10 +78,13 @@ def imported(args: argparse.Namespace) -> Any:
         raise SpecError("--weights needs --data SOURCE (the examples to measure on)")
     extra = {k: getattr(args, k) for k in ("split_dirs", "mean_std")  # not on ntk
              if getattr(args, k, None) is not None}
+    from_model = extra.get("mean_std") == "timm"
+    if from_model:
+        del extra["mean_std"]
     spec = DataSpec(source=args.data, root=args.data_root, image_size=args.image_size, **extra)
     return import_weights(args.model, args.weights, spec,
                           model_args=parse_model_args(args.model_arg),
-                          strict=not args.non_strict)
+                          strict=not args.non_strict, timm_normalization=from_model)
 
 
 def checkpoints(args: argparse.Namespace, given: list[str] | str | None) -> list[Any]:

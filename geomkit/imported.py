@@ -61,12 +61,15 @@ def import_weights(
     model_args: Mapping[str, Any] | None = None,
     strict: bool = True,
     device: str | torch.device = "cpu",
+    timm_normalization: bool = False,
 ) -> Checkpoint:
     """An in-memory checkpoint of ``model`` (built with ``model_args``) holding ``weights``,
     analysed on ``data`` (a :class:`~geomkit.data.DataSpec`, its dict or a source name).
 
     ``strict=False`` loads what fits and keeps the rest at its initialisation (the keys
     are listed in ``config["missing_keys"]``); shapes must always fit.
+    ``timm_normalization``: normalize the data with the mean/std of the timm model's
+    ``pretrained_cfg`` (what timm's own weights were trained with).
 
     Raises:
         ModelError: the model cannot be built.
@@ -79,6 +82,8 @@ def import_weights(
     state = read_weights(path)
     kwargs = model_kwargs_for(model, spec, model_args)
     net = build_model(model, kwargs)
+    if timm_normalization:
+        spec = _timm_normalization(net, spec, model)
     missing = fit_weights(net, state, strict=strict, source=f"the weights in {path}")
     sha = file_sha256(path)
     config = {"optimizer": "imported", "label": "imported", "imported_from": str(path.resolve()),
@@ -89,6 +94,15 @@ def import_weights(
                     step=0, epoch=0)
     _check_fits(ck, model)
     return ck
+
+
+def _timm_normalization(net: Any, spec: DataSpec, name: str) -> DataSpec:
+    """``spec`` normalized with the mean/std of the timm model's ``pretrained_cfg``."""
+    cfg = getattr(net, "pretrained_cfg", None)
+    if not isinstance(cfg, Mapping) or "mean" not in cfg or "std" not in cfg:
+        raise DataError(f"mean_std 'timm' needs a timm:NAME model with a pretrained_cfg; "
+                        f"{name!r} has none", param="mean_std")
+    return spec.replace(mean_std=(tuple(cfg["mean"]), tuple(cfg["std"])), normalize=True)
 
 
 def _check_fits(ck: Checkpoint, name: str) -> None:

@@ -496,3 +496,30 @@ def test_timm_spec_mistakes_are_one_line():
     with pytest.raises(ModelError) as e:
         build("timm:resnet18", img_size=32)
     assert "cannot build timm:resnet18" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_mean_std_timm_normalizes_as_the_model_was_trained(tmp_path):
+    """`--mean-std timm`: an image folder normalized with the model's pretrained_cfg."""
+    from PIL import Image
+
+    from geomkit.imported import import_weights
+
+    g = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(g.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / f"c{c}" / f"{i}.png")
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_VIT_ARGS)
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    data = {"source": "imagefolder", "root": str(tmp_path / "imgs"), "image_size": 8}
+    ck = import_weights("timm:vit_tiny_patch16_224", tmp_path / "w.pt", data,
+                        model_args=_VIT_ARGS, timm_normalization=True)
+    mean, std = m.pretrained_cfg["mean"], m.pretrained_cfg["std"]
+    assert ck.data_spec.mean_std == ",".join(map(str, mean)) + "/" + ",".join(map(str, std))
+    plain = import_weights("timm:vit_tiny_patch16_224", tmp_path / "w.pt", data,
+                           model_args=_VIT_ARGS)
+    x, _ = ck.analysis_data("train", 6)
+    x0, _ = plain.analysis_data("train", 6)
+    assert not torch.allclose(x, x0)  # imagenet (the folder's default) vs the model's own

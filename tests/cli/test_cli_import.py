@@ -128,6 +128,8 @@ def test_analysis_commands_take_model_weights_and_data(user, capsys):
      "does not take the inputs of data 'digits' (1x16x16 images)"),
     (["import", "--model", "SPEC", "--weights", "W", "--data", "imagefolder", "--out", "OUT"],
      "needs its directory"),
+    (["import", "--model", "SPEC", "--weights", "W", "--data", "digits", "--mean-std", "timm",
+      "--out", "OUT"], "--mean-std 'timm' needs a timm:NAME model"),
 ])
 def test_mistakes_are_one_line(user, capsys, argv, fragment):
     spec, _, d = user
