@@ -336,3 +336,19 @@ def test_ntk_at_init_refuses_repeats_it_cannot_mean(repeats):
     with pytest.raises(SpecError) as e:
         ntk_at_init(never, torch.zeros(2, 3), repeats=repeats)
     assert e.value.param == "repeats"
+
+
+def test_float32_gradients_get_a_float64_gram_over_long_rows():
+    """Rows of 10^7 float32 gradients: each gradient is exact here (the input itself), so
+    the kernel must equal the float64 Gram of the inputs; a float32 GEMM is ~1e-3 off."""
+    from geomkit.geometry.ntk import ntk
+
+    torch.manual_seed(0)
+    d = 2_500_000
+    model = nn.Linear(d, 4)  # sum of 4 logits: d/dW = ones(4) ⊗ x, d/db = ones(4)
+    x = torch.randn(6, d) + 0.5
+    for budget in (4.0, 0.05):  # one chunk, or many: the kernel may not depend on it
+        k = ntk(model, x, dtype=torch.float32, memory_gib=budget).kernel
+        xd = x.double()
+        want = (4 * (xd @ xd.T) + 4).numpy()
+        np.testing.assert_allclose(k, want, rtol=1e-9)
