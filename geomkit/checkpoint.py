@@ -77,7 +77,8 @@ def save_checkpoint(
 
     ``model`` must come from :func:`geomkit.models.build` (it carries ``geomkit_spec``).
     """
-    model = getattr(model, "module", model)  # unwrap DDP
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module  # unwrap DDP (a model's own child named `module` stays)
     spec = getattr(model, "geomkit_spec", None)
     if spec is None:
         raise ValueError("model has no geomkit_spec: build it with geomkit.models.build()")
@@ -119,6 +120,9 @@ class Checkpoint:
     step: int
     epoch: int
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+    #: what identifies a checkpoint that is not a file of its own (an imported one: its
+    #: weights, model and data); None: the SHA-256 of the file
+    identity: str | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -130,7 +134,7 @@ class Checkpoint:
         return sum(p.numel() for p in self.model.parameters())
 
     def sha256(self) -> str:
-        return self._sha256
+        return self.identity or self._sha256
 
     @cached_property
     def _sha256(self) -> str:

@@ -89,9 +89,18 @@ def import_weights(
     config = {"optimizer": "imported", "label": "imported", "imported_from": str(path.resolve()),
               "weights_sha256": sha, "strict": bool(strict), "missing_keys": missing}
     net.to(device).eval()
+    # the weights file alone does not identify what is measured: the same weights in
+    # another model or on other data are another computation (results, landscape resume)
+    import hashlib
+
+    from geomkit.io import dumps_json
+
+    identity = hashlib.sha256(dumps_json(
+        {"weights_sha256": sha, "model": model, "model_kwargs": kwargs,
+         "data": spec.to_dict(), "strict": bool(strict)}, sort_keys=True).encode()).hexdigest()
     ck = Checkpoint(path=path.resolve(), model=net, model_name=model, model_kwargs=kwargs,
                     config=config, data_spec=spec, metrics={}, provenance=provenance(),
-                    step=0, epoch=0)
+                    step=0, epoch=0, identity=identity)
     _check_fits(ck, model)
     return ck
 
@@ -125,7 +134,11 @@ def _check_fits(ck: Checkpoint, name: str) -> None:
 
 def save_imported(ck: Checkpoint, out: str | Path) -> Path:
     """Write an imported checkpoint as a geomkit checkpoint (atomically) and return its path;
-    :func:`geomkit.checkpoint.load_checkpoint` then reads it like any other."""
+    :func:`geomkit.checkpoint.load_checkpoint` then reads it like any other (a factory it
+    could not rebuild is refused before anything is written)."""
+    from geomkit.models.external import check_factory
+
+    check_factory(ck.model_name)
     return save_checkpoint(out, ck.model, config=ck.config, data_spec=ck.data_spec)
 
 

@@ -179,6 +179,11 @@ def _split_dirs(root: str, given: tuple[str, ...] | None) -> tuple[str, ...]:
         for test in ("val", "test"):
             if names == {"train", test}:
                 return ("train", test)
+        if "train" in names:  # train/ beside val/ and test/: which is the test split?
+            raise DataError(f"{root} holds split folders ({', '.join(sorted(names))}), not "
+                            "only train and val or test: name them with split_dirs (e.g. "
+                            "train,val), or pass split_dirs () if these are class folders",
+                            param="split_dirs")
         return ()
     for d in given:
         path = os.path.join(root, d)

@@ -10,16 +10,20 @@ A model spec is what :func:`geomkit.models.build` takes besides a registry name:
 
 A checkpoint records the spec and its JSON-able kwargs, so it rebuilds the model without
 pickled code. Rebuilding from a checkpoint someone else wrote must not become a way to run
-arbitrary code, so a factory named *by a file* (``trusted=False``) must be defined in the
-module it is named by (``os:system`` re-exported by a user module is refused) and that
-module may not be part of Python's standard library. A spec typed by the user on the command
-line or in Python is trusted as typed.
+arbitrary code, so a factory named *by a file* (``trusted=False``) must live in your own
+code: its top-level package may be neither Python's standard library nor an installed
+package (site-packages: ``numpy:load`` or ``torch.hub:load`` would run a pickle) nor geomkit
+itself -- checked by locating the package, before anything is imported -- and the callable
+must be defined in the module it is named by (``os:system`` re-exported by a user module
+is refused). ``GEOMKIT_TRUSTED_MODULES=pkg,other`` admits installed packages you trust. A
+spec typed by the user on the command line or in Python is trusted as typed.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import sys
 from typing import Any
@@ -48,6 +52,15 @@ def build_external(name: str, kwargs: dict[str, Any], *, trusted: bool = True) -
 
 
 def _timm_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    if kwargs.get("pretrained"):
+        raise ModelError("geomkit never downloads weights: drop pretrained and give the "
+                         "weights file instead (weights=FILE)", param="model_args")
+    loading = sorted(set(kwargs) & {"checkpoint_path", "pretrained_cfg",
+                                    "pretrained_cfg_overlay"})
+    if loading:  # timm would load (unsafely) or fetch weights itself
+        raise ModelError(f"timm:{arch}: {', '.join(loading)} would make timm load weights "
+                         "itself; give the weights file instead (weights=FILE)",
+                         param="model_args")
     try:
         import timm
     except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to load
@@ -55,9 +68,6 @@ def _timm_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "install timm (and a torchvision matching torch)",
                          param="model") from None
-    if kwargs.get("pretrained"):
-        raise ModelError("geomkit never downloads weights: drop pretrained and give the "
-                         "weights file instead (weights=FILE)", param="model_args")
     if not timm.is_model(arch):
         import difflib
 
@@ -75,10 +85,13 @@ def _timm_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 
 def _factory_model(name: str, kwargs: dict[str, Any], trusted: bool) -> nn.Module:
     modname, _, attr = name.partition(":")
-    if not trusted and modname.split(".")[0] in sys.stdlib_module_names:
-        raise ModelError(f"model {name!r} names the standard library, not a model factory; "
-                         "a checkpoint may only name your own package.module:callable",
-                         param="model")
+    if not trusted:
+        why = _not_your_code(modname)
+        if why:
+            raise ModelError(f"model {name!r} names {why}, not a model factory of your own; "
+                             "a checkpoint may only name your own package.module:callable "
+                             "(GEOMKIT_TRUSTED_MODULES admits an installed package)",
+                             param="model")
     try:
         module = importlib.import_module(modname)
     except ImportError as e:
@@ -112,6 +125,71 @@ def _factory_model(name: str, kwargs: dict[str, Any], trusted: bool) -> nn.Modul
         raise ModelError(f"model {name!r} returned {type(model).__name__}, not a "
                          "torch.nn.Module", param="model")
     return model
+
+
+def _installed_dirs() -> list[str]:
+    import site
+    import sysconfig
+
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    paths = sysconfig.get_paths()
+    dirs += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
+    return [os.path.realpath(d) for d in dirs if d]
+
+
+def _not_your_code(modname: str) -> str | None:
+    """Why a module named by a file may not be imported (None: it is the user's code).
+
+    Located with ``importlib.util.find_spec`` on the top-level package, which finds the
+    files without running them."""
+    import importlib.util
+
+    top = modname.split(".")[0]
+    trusted = {m.strip() for m in os.environ.get("GEOMKIT_TRUSTED_MODULES", "").split(",")}
+    if top in trusted - {""}:
+        return None
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return "the standard library"
+    if top in ("geomkit", "cli"):
+        return "geomkit itself"
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None  # the import below fails with its own message
+    if spec is None:
+        return None
+    origin = spec.origin if spec.origin not in (None, "built-in", "frozen") else None
+    if origin is None and spec.submodule_search_locations:
+        origin = next(iter(spec.submodule_search_locations), None)
+    if origin is None:
+        return "a built-in module"
+    path = os.path.realpath(origin)
+    if any(path.startswith(d + os.sep) for d in _installed_dirs()):
+        return f"an installed package ({top})"
+    return None
+
+
+def check_factory(name: str) -> None:
+    """Refuse now a ``module:callable`` spec that a checkpoint could not rebuild later
+    (:func:`load_checkpoint` reads specs untrusted): what ``geomkit import`` checks before
+    it writes."""
+    if name.startswith(TIMM) or not is_external(name):
+        return
+    modname, _, attr = name.partition(":")
+    why = _not_your_code(modname)
+    obj: Any = importlib.import_module(modname) if why is None else None
+    for part in attr.split(".") if obj is not None else ():
+        obj = getattr(obj, part, None)
+    where = getattr(obj, "__module__", None)
+    if why is None and obj is not None and where != modname:
+        why = f"a callable defined in {where!r}"
+        raise ModelError(f"model {name!r} names {why}; a checkpoint names a factory where it "
+                         f"is defined: use {where}:{getattr(obj, '__qualname__', attr)}",
+                         param="model")
+    if why is not None:
+        raise ModelError(f"model {name!r} names {why}: a checkpoint could not rebuild it "
+                         "(GEOMKIT_TRUSTED_MODULES admits an installed package)",
+                         param="model")
 
 
 def _first_line(e: BaseException) -> str:

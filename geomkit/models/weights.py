@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from geomkit.errors import CheckpointError
-from geomkit.models._naming import strip_wrappers
+from geomkit.models._naming import WRAPPER_PREFIXES
 
 #: keys under which training scripts nest the model's state dict, in the order tried
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "ema", "model_ema")
@@ -38,15 +38,17 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raw: Any = _safetensors(path)
     else:
         raw = _torch_file(path)
-    sd = _unnest(raw, path)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        name = strip_wrappers(str(k))
-        if name in out:
-            raise CheckpointError(f"weights file {path} holds {name!r} twice (with and "
-                                  "without a module./_orig_mod. prefix)")
-        out[name] = v
-    return out
+    sd = {str(k): v for k, v in _unnest(raw, path).items()}
+    # a wrapper prefix (DDP's module., torch.compile's _orig_mod.) is on every key; a
+    # model's own child named `module` is on some keys only, and stays
+    stripped = True
+    while stripped:
+        stripped = False
+        for p in WRAPPER_PREFIXES:
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                stripped = True
+    return sd
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -86,9 +88,12 @@ def _unnest(raw: Any, path: Path, depth: int = 0) -> Mapping[str, torch.Tensor]:
                                                 for v in raw.values()):
         return raw
     if isinstance(raw, Mapping) and depth < 3:
-        for key in NESTED_KEYS:
+        for key in NESTED_KEYS:  # the first of them that holds a state dict
             if key in raw and isinstance(raw[key], Mapping):
-                return _unnest(raw[key], path, depth + 1)
+                try:
+                    return _unnest(raw[key], path, depth + 1)
+                except CheckpointError:
+                    continue
         tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
         if tensors and len(tensors) >= len(raw) - 2:  # a state dict with a stray counter
             return tensors

@@ -161,10 +161,13 @@ def test_split_dirs_detected_or_given(tmp_path):
     assert x.shape == (4, 3, 4, 4) and y.tolist() == [1, 3, 1, 3]
     same = ifm.folder_index(spec.replace(split_dirs="train,val"))
     assert same.test.files == idx.test.files
-    # a third sub-folder: no detection, the sub-folders are classes of one folder
+    # a third sub-folder beside train: which is the test split? refused, never read as
+    # the classes "extra", "train", "val" (silently meaningless labels)
     _folder(tmp_path / "extra", classes=("x",), per=1)
-    assert ifm.folder_index(spec).split_dirs == ()
-    assert info(spec).class_names == ("extra", "train", "val")  # nested images count
+    with pytest.raises(DataError, match="holds split folders") as e:
+        ifm.folder_index(spec)
+    assert e.value.param == "split_dirs"
+    assert info(spec.replace(split_dirs=())).class_names == ("extra", "train", "val")
     assert ifm.folder_index(spec.replace(split_dirs=("train", "val"))).split_dirs == (
         "train", "val")
     with pytest.raises(DataError, match="split folder .*test does not exist") as e:
@@ -422,3 +425,13 @@ def test_train_on_an_image_folder(tmp_path, capsys):
     assert ck.data_spec.split_dirs == ("train", "val") and ck.data_spec.image_size == 8
     x, y = ck.analysis_data("test")
     assert x.shape == (8, 3, 8, 8) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_three_split_folders_are_not_read_as_three_classes(tmp_path):
+    for split in ("train", "val", "test"):
+        _folder(tmp_path / split, per=2)
+    with pytest.raises(DataError) as e:
+        info(DataSpec("imagefolder", root=str(tmp_path)))
+    assert "split folders" in str(e.value) and e.value.param == "split_dirs"
+    assert info(DataSpec("imagefolder", root=str(tmp_path),
+                         split_dirs=("train", "val"))).num_classes == 4

@@ -418,3 +418,19 @@ def test_the_loss_reaches_the_surface_and_its_spec(tmp_path):
     with pytest.raises(SpecError, match="unknown loss"):
         _compute(tmp_path / "x.h5", case, dirs, loss="hinge")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_callable_losses_are_told_apart_in_the_spec():
+    import functools
+
+    import torch.nn.functional as F
+
+    from geomkit.geometry.landscape.storage import loss_spec
+
+    a = loss_spec(functools.partial(F.cross_entropy, reduction="none", label_smoothing=0.1))
+    b = loss_spec(functools.partial(F.cross_entropy, reduction="none", label_smoothing=0.3))
+    assert a != b and "label_smoothing=0.1" in a["loss"]
+    assert a == loss_spec(functools.partial(F.cross_entropy, reduction="none",
+                                            label_smoothing=0.1))  # stable across calls
+    with pytest.raises(SpecError, match="cannot be told apart"):
+        loss_spec(lambda z, y: F.cross_entropy(z, y, reduction="none"))

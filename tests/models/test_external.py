@@ -178,3 +178,63 @@ def test_weights_that_do_not_fit_name_the_first_keys_and_count():
     wide = nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
     with pytest.raises(CheckpointError, match=r"another shape, e.g. 0.weight \[4, 8\] vs \[5, 8\]"):
         fit_weights(wide, sd, strict=False)
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("numpy:load", "installed package"),           # would unpickle a file named in kwargs
+    ("torch.hub:load", "installed package"),
+    ("geomkit.checkpoint:save_checkpoint", "geomkit itself"),
+])
+def test_a_checkpoint_may_name_only_your_own_code(spec, why, monkeypatch):
+    from geomkit.models.external import check_factory
+
+    with pytest.raises(ModelError, match=why):
+        build_model(spec, {"file": "evil.pkl", "allow_pickle": True}, trusted=False)
+    with pytest.raises(ModelError, match=why):
+        check_factory(spec)  # what `geomkit import` refuses before writing
+    top = spec.split(":")[0].split(".")[0]
+    monkeypatch.setenv("GEOMKIT_TRUSTED_MODULES", top)
+    check_factory(spec)  # admitted on purpose
+
+
+def test_import_refuses_a_factory_the_checkpoint_could_not_rebuild(user_module):
+    from geomkit.models.external import check_factory
+
+    check_factory(f"{user_module}:build_net")
+    with pytest.raises(ModelError, match="use posix:system|use os:system|defined in"):
+        check_factory(f"{user_module}:system")
+
+
+def test_timm_kwargs_that_load_weights_are_refused():
+    with pytest.raises(ModelError, match="checkpoint_path would make timm load weights"):
+        build_model("timm:vit_tiny_patch16_224", {"checkpoint_path": "x.pth"})
+
+
+def test_a_models_own_child_named_module_keeps_its_keys(tmp_path):
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Linear(3, 2)
+            self.head = nn.Linear(2, 2)
+
+    m = Wrapper()
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    assert fit_weights(Wrapper(), read_weights(tmp_path / "w.pt")) == []
+    torch.save({"model": {"arch": "mine"}, "model_state_dict": m.state_dict()},
+               tmp_path / "n.pt")  # the first nested key that holds a state dict wins
+    assert list(read_weights(tmp_path / "n.pt")) == list(m.state_dict())
+
+
+def test_imported_identity_is_weights_model_and_data(user_module, tmp_path):
+    from geomkit.imported import import_weights
+
+    net = build(f"{user_module}:build_net", width=4, num_classes=10)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    spec = f"{user_module}:build_net"
+    data = {"source": "synthetic", "synthetic_chans": 2, "synthetic_size": 2}  # 8 inputs
+    a = import_weights(spec, tmp_path / "w.pt", data, model_args={"num_classes": 10})
+    b = import_weights(spec, tmp_path / "w.pt", data, model_args={"num_classes": 10})
+    c = import_weights(spec, tmp_path / "w.pt", {**data, "normalize": False},
+                       model_args={"num_classes": 10})
+    assert a.sha256() == b.sha256() != c.sha256()
+    assert a.config["weights_sha256"] == c.config["weights_sha256"]

@@ -117,7 +117,19 @@ def loss_spec(loss: str | Callable[..., torch.Tensor], label_smoothing: float = 
 
     resolve_loss(loss, label_smoothing)  # validates (one-line SpecError)
     if callable(loss):
+        import functools
+
+        if isinstance(loss, functools.partial):  # its arguments tell two partials apart
+            f = loss.func
+            args = ", ".join([*map(repr, loss.args),
+                              *(f"{k}={v!r}" for k, v in sorted(loss.keywords.items()))])
+            return {"loss": f"callable:{getattr(f, '__module__', '?')}."
+                            f"{getattr(f, '__qualname__', type(f).__qualname__)}({args})"}
         name = getattr(loss, "__qualname__", type(loss).__qualname__)
+        if "<lambda>" in name or "<locals>" in name:
+            raise SpecError(f"a loss {name} cannot be told apart from another one when a "
+                            "file is resumed; pass a named module-level function or a "
+                            "functools.partial", param="loss")
         return {"loss": f"callable:{getattr(loss, '__module__', '?')}.{name}"}
     base, _, arg = loss.partition(":")
     eps = float(arg) if arg else float(label_smoothing)
