@@ -73,12 +73,6 @@ def _os_error_in(e: BaseException) -> OSError | None:
     return None
 
 
-def is_write_failure(e: BaseException) -> bool:
-    """True when ``e`` is (or was raised from) a failed system call: a full disk, a
-    read-only file system, a permission, ... (also as h5py words it)."""
-    return _os_error_in(e) is not None
-
-
 def write_error(path: str | Path, e: OSError) -> ResultFileError:
     """A one-line :class:`ResultFileError` naming ``path`` and the cause of ``e``."""
     return ResultFileError(f"cannot write {path}: {os_cause(e)}")
