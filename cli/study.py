@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/report.html with the paper's Tables 1 and 3 side by side, the figures and "
         "which of the paper's findings hold. "
         "Re-running reuses finished runs, measurements and grid points; an interrupted run "
-        "resumes.",
+        "resumes. Checkpoints trained elsewhere (`geomkit import` of a timm or your own "
+        "model, or another geomkit run) are measured beside the trained runs when the study "
+        "file lists them as [[checkpoints]] (path, model and optimizer labels).",
         epilog=f"presets: {presets}. A study file is TOML (YAML when PyYAML is installed); "
         "see geomkit/studies/quick.toml for every key.",
     )
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     headers = ["run", "model", "optimizer", "subset", "seed", "epochs", "test acc %",
                "train loss", "train s", "status"]
     print_table(headers, [[x["run"], x["model"], x["optimizer"], x["subset"], x["seed"],
-                           x["epochs"], _pct(x["test_acc"]), x["train_loss"],
+                           x["epochs"], _pct(x["test_acc"]),
+                           None if math.isnan(x["train_loss"]) else x["train_loss"],
                            None if math.isnan(x["train_seconds"]) else round(x["train_seconds"], 1),
                            x["status"]] for x in rows])
     print()

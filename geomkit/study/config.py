@@ -34,6 +34,11 @@ file (YAML too when PyYAML happens to be installed; it is not a dependency)::
     [landscape]           # the Figure-1 surfaces (see LandscapeSettings)
     x = [-1.0, 1.0, 21]
 
+    [[checkpoints]]       # measured beside the trained runs, never trained (ExternalRun)
+    path = "imported/vit-s16-sam.pt"
+    model = "vit-s16"
+    optimizer = "sam"
+
 Every mistake raises :class:`~geomkit.errors.SpecError` with one line that names the
 problem (an unknown preset lists the valid ones).
 """
@@ -43,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -232,20 +238,105 @@ class LandscapeSettings:
                             f"per surface: {cost.describe()}, for every run of the study")
 
 
+#: Characters a run's model and optimizer label may hold (they name files under the study).
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_FAMILIES = ("vit", "mixer", "resnet", "other")
+
+
+@dataclass(frozen=True)
+class ExternalRun:
+    """A checkpoint the study measures but does not train (``[[checkpoints]]``).
+
+    Any checkpoint ``geomkit analyze`` reads: one ``geomkit import`` wrote from a timm or
+    user model and its weights, or one ``geomkit train`` wrote elsewhere. Its data is the
+    checkpoint's own (the study's ``[data]`` is for the runs it trains)::
+
+        [[checkpoints]]
+        path = "imported/vit-sam.pt"   # relative to the study file's folder
+        model = "vit-s16"              # the label tables and figures use for the model
+        optimizer = "sam"              # ... and for how it was trained (vanilla pairs with sam)
+        seed = 0                       # optional (0), as subset (1.0) and family (from the model)
+
+    Attributes:
+        path: the checkpoint file (absolute once the study file is read).
+        model, optimizer: labels (letters, digits, ``. _ + -``); runs sharing ``model``,
+            ``seed`` and ``subset`` are paired vanilla vs SAM like trained runs.
+        seed, subset: labels for the mean ± std tables (nothing is trained or subsampled).
+        family: ``vit`` / ``mixer`` / ``resnet`` / ``other`` for the paper's comparisons;
+            empty: the checkpoint model's own family (:func:`geomkit.models.family`).
+    """
+
+    path: str
+    model: str
+    optimizer: str
+    seed: int = 0
+    subset: float = 1.0
+    family: str = ""
+
+    def __post_init__(self) -> None:
+        where = "[[checkpoints]]"
+        if not isinstance(self.path, str) or not self.path:
+            raise SpecError(f"{where} path must be a non-empty string (a checkpoint file), "
+                            f"got {self.path!r} ({_type_name(self.path)})")
+        for key in ("model", "optimizer"):
+            v = getattr(self, key)
+            if not isinstance(v, str) or not _LABEL.fullmatch(v):
+                raise SpecError(f"{where} {key} must be a label of letters, digits and . _ + - "
+                                f"(it names the run's files), got {v!r} for {self.path}")
+        if not _is_int(self.seed) or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise SpecError(f"{where} seed must be an integer in [{SEED_RANGE[0]}, "
+                            f"{SEED_RANGE[1]}], got {self.seed!r} for {self.path}")
+        f = self.subset
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+            raise SpecError(f"{where} subset must be a fraction in (0, 1], got {f!r} "
+                            f"for {self.path}")
+        object.__setattr__(self, "subset", float(f))
+        if self.family not in ("", *_FAMILIES):
+            raise SpecError(f"{where} family must be one of {', '.join(_FAMILIES)}, got "
+                            f"{self.family!r} for {self.path}")
+
+    @classmethod
+    def from_dict(cls, d: Any, base: Path | None = None) -> ExternalRun:
+        """One ``[[checkpoints]]`` table; a relative ``path`` is taken from ``base``."""
+        if not isinstance(d, dict):
+            raise SpecError(f"[[checkpoints]] entries must be tables, got {d!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise SpecError(f"unknown [[checkpoints]] key(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(names)}")
+        missing = [k for k in ("path", "model", "optimizer") if k not in d]
+        if missing:
+            raise SpecError(f"[[checkpoints]] entry {d!r} needs {', '.join(missing)}")
+        run = cls(**d)
+        p = Path(run.path).expanduser()
+        if not p.is_absolute():
+            p = (base or Path.cwd()) / p
+        return dataclasses.replace(run, path=str(p.absolute()))
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of a study: where it lives and the exact training config."""
+    """One run of a study: where it lives and the exact training config, or, for a
+    checkpoint trained elsewhere (``[[checkpoints]]``), its file."""
 
     name: str
     model: str
     optimizer: str
     seed: int
     subset: float
-    train_config: TrainConfig
+    train_config: TrainConfig | None
+    checkpoint: Path | None = None
+    known_family: str = ""
+
+    @property
+    def external(self) -> bool:
+        """A checkpoint the study measures but never trains."""
+        return self.train_config is None
 
     @property
     def family(self) -> str:
-        return model_family(self.model)
+        return self.known_family or model_family(self.model)
 
 
 @dataclass(frozen=True)
@@ -276,6 +367,7 @@ class StudyConfig:
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
     threads: int = 0
     origin: str = ""
+    checkpoints: tuple[ExternalRun, ...] = ()
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -290,10 +382,17 @@ class StudyConfig:
         need(_is_int(self.threads) and self.threads >= 0,
              f"threads must be an integer >= 0, got {self.threads!r} "
              f"({_type_name(self.threads)})")
+        need(isinstance(self.checkpoints, (list, tuple))
+             and all(isinstance(e, ExternalRun) for e in self.checkpoints),
+             "checkpoints must be a list of ExternalRun (a [[checkpoints]] table each)")
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
         for key in ("models", "optimizers", "seeds", "subsets"):
             v = getattr(self, key)
-            need(isinstance(v, (list, tuple)) and len(v) > 0,
-                 f"{key} must be a non-empty list, got {v!r} ({_type_name(v)})")
+            # a study of [[checkpoints]] only trains nothing: models = [] is fine then
+            empty_ok = key == "models" and bool(self.checkpoints)
+            need(isinstance(v, (list, tuple)) and (len(v) > 0 or empty_ok),
+                 f"{key} must be a non-empty list, got {v!r} ({_type_name(v)})"
+                 + ("; or list [[checkpoints]] to measure" if key == "models" else ""))
             object.__setattr__(self, key, tuple(v))
         from geomkit.models import list_models
 
@@ -342,7 +441,14 @@ class StudyConfig:
         need(not unknown, f"unknown [train] key(s) {', '.join(unknown)}; valid: "
              f"{', '.join(sorted(names - _RESERVED_TRAIN))}")
         self._check_sample_counts()
-        self.runs()  # validate every TrainConfig now, not halfway through a study
+        # validate every TrainConfig now, not halfway through a study
+        seen: dict[str, str] = {}
+        for r in self.runs():
+            where = str(r.checkpoint) if r.external else "the trained runs"
+            need(r.name not in seen, f"two runs are named {r.name!r} ({seen.get(r.name)} and "
+                 f"{where}); give the [[checkpoints]] entries other model, optimizer or "
+                 "seed labels")
+            seen[r.name] = where
 
     def _check_sample_counts(self) -> None:
         """Sample counts no larger than the splits they are drawn from (when the source's
@@ -386,9 +492,26 @@ class StudyConfig:
 
     @property
     def figure_key(self) -> tuple[float, int]:
-        """``(subset, seed)`` of the runs the report's figures draw: the largest subset
-        and the first seed (Figure 1 needs one surface per model and optimizer)."""
+        """``(subset, seed)`` of the trained runs the report's figures draw: the largest
+        subset and the first seed (Figure 1 needs one surface per model and optimizer)."""
         return max(self.subsets), self.seeds[0]
+
+    def in_figures(self, subset: float, seed: int, external: bool) -> bool:
+        """Whether the report's figures (and the landscape stage) show a run: trained runs
+        at :attr:`figure_key`, and every ``[[checkpoints]]`` entry (each was listed to be
+        seen)."""
+        return external or (subset, seed) == self.figure_key
+
+    @property
+    def model_labels(self) -> tuple[str, ...]:
+        """Models of the trained runs, then the ``[[checkpoints]]`` labels, once each."""
+        return tuple(dict.fromkeys([*self.models, *(e.model for e in self.checkpoints)]))
+
+    @property
+    def optimizer_labels(self) -> tuple[str, ...]:
+        """Optimizers of the trained runs, then the ``[[checkpoints]]`` labels."""
+        return tuple(dict.fromkeys([*self.optimizers,
+                                    *(e.optimizer for e in self.checkpoints)]))
 
     def runs(self) -> list[RunSpec]:
         """Every run of the study, in a stable order (subset, model, optimizer, seed)."""
@@ -423,12 +546,17 @@ class StudyConfig:
                                 f"bad training settings for {model}/{opt}: {e}") from None
                         out.append(RunSpec(self.run_name(model, opt, seed, subset), model,
                                            opt, int(seed), float(subset), cfg))
+        for e in self.checkpoints:
+            out.append(RunSpec(self.run_name(e.model, e.optimizer, e.seed, e.subset), e.model,
+                               e.optimizer, e.seed, e.subset, None, checkpoint=Path(e.path),
+                               known_family=e.family))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (``study_config_from_dict(c.to_dict()) == c``)."""
         d = dataclasses.asdict(self)
         d["data"] = self.data.to_dict()
+        d["checkpoints"] = [dataclasses.asdict(e) for e in self.checkpoints]
         d["analysis"] = self.analysis.to_dict()
         for k in ("models", "optimizers", "seeds", "subsets"):
             d[k] = list(d[k])
@@ -465,7 +593,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
         raise SpecError(f"a study file must hold a table at the top, got {type(d).__name__}")
     top = {"name", "description", "models", "optimizers", "seeds", "rho", "lr", "vanilla",
            "model_kwargs", "data", "train", "analysis", "landscape", "subsets", "threads",
-           "origin"}
+           "origin", "checkpoints"}
     unknown = sorted(set(d) - top)
     if unknown:
         raise SpecError(f"unknown study key(s) {', '.join(unknown)}; "
@@ -484,14 +612,24 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
         raise SpecError(f"unknown [landscape] key(s) {', '.join(bad)}; "
                         f"valid: {', '.join(sorted(l_names))}")
     train = {"epochs": 30, "batch_size": 64} | _table(d, "train")
-    if "models" not in d:
-        raise SpecError("a study needs `models = [...]` (registry names, see `geomkit models`)")
+    entries = d.get("checkpoints", [])
+    if not isinstance(entries, list):
+        raise SpecError(f"checkpoints must be a list of tables ([[checkpoints]]), got "
+                        f"{entries!r}")
+    # a relative path is read from the study file's folder (where its author wrote it)
+    src = Path(source) if source and not str(source).startswith("preset:") else None
+    base = src.parent if src is not None and src.is_file() else None
+    externals = [ExternalRun.from_dict(e, base) for e in entries]
+    if "models" not in d and not externals:
+        raise SpecError("a study needs `models = [...]` (registry names, see `geomkit "
+                        "models`), or [[checkpoints]] to measure")
     try:
         return StudyConfig(
             name=(d["name"] if d.get("name") not in (None, "")
                   else Path(source).stem if source else "study"),
             description=d.get("description", ""),
-            models=d["models"],
+            models=d.get("models", []),
+            checkpoints=externals,
             optimizers=d.get("optimizers", ["vanilla", "sam"]),
             seeds=d.get("seeds", [0]),
             rho=_table(d, "rho"),

@@ -78,9 +78,11 @@ def findings(view: StudyView, sam: str = "sam") -> list[Finding]:
     steps = list(zip(fams, fams[1:], strict=False))
     ok = sum(means[a] < means[b] for a, b in steps)
     detail = ", ".join(f"{f} {_g(means[f])}" for f in fams)
+    measured = any(r.get("kappa_init") is not None for r in rows)
     out.append(Finding("NTK κ at initialization: ResNet < ViT < Mixer",
                        _verdict(ok, len(steps)) if len(fams) > 1 else "not measured",
                        f"κ at init (mean over the runs' architectures): {detail}" if fams
+                       else "no ResNet, ViT or Mixer run measured" if measured
                        else "no NTK measurement"))
 
     # 2. SAM lowers λ_max in every block
@@ -227,8 +229,8 @@ def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
     from geomkit import plot
     from geomkit.study import plots
 
-    subset, seed = config.figure_key
-    shown = [r for r in view.rows if r["subset"] == subset and r["seed"] == seed]
+    shown = [r for r in view.rows
+             if config.in_figures(r["subset"], r["seed"], r.get("status") == "external")]
     figdir = view.out_dir / "figures"
     out: dict[str, Path] = {}
     draw = [("lambda_max", plots.plot_lambda_bars, lambda r: r.get("lambda_max")),
@@ -241,18 +243,22 @@ def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
     if len(config.subsets) > 1:
         out["subsets"] = plot.save_figure(plots.plot_subsets(view.rows), figdir / "subsets")[0]
     # Figure 1: optimizers (rows) x models (columns) on one colour scale
+    models, optimizers = config.model_labels, config.optimizer_labels
     cells, titles = [], []
-    for o in config.optimizers:
-        for m in config.models:
+    for o in optimizers:
+        for m in models:
             hit = [r for r in shown if r["model"] == m and r["optimizer"] == o and r["landscape"]]
             if hit:
                 cells.append(hit[0]["landscape"])
                 titles.append(f"{m} / {o}")
-    if cells and len(cells) == len(config.optimizers) * len(config.models):
+    complete = len(cells) == len(optimizers) * len(models)
+    # [[checkpoints]] need not fill the grid: then the surfaces there are, each titled
+    if cells and (complete or config.checkpoints):
+        name = "landscapes" if complete else "landscapes_runs"
         try:
-            fig = plot.plot_panel(cells, kind="contourf", ncols=len(config.models), titles=titles,
-                                  log=config.landscape.log)
-            out["landscapes"] = plot.save_figure(fig, figdir / "landscapes")[0]
+            fig = plot.plot_panel(cells, kind="contourf", ncols=len(models) if complete else None,
+                                  titles=titles, log=config.landscape.log)
+            out[name] = plot.save_figure(fig, figdir / name)[0]
         except Exception as e:  # an unfinished surface must not sink the report
             from geomkit.errors import GeomkitError
 
@@ -264,6 +270,8 @@ def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
 FIGURE_CAPTIONS = {
     "landscapes": "Loss landscapes (filter-normalized random directions, one colour scale): "
                   "optimizers in rows, models in columns (the paper's Figure 1).",
+    "landscapes_runs": "Loss landscapes (filter-normalized random directions, one colour "
+                       "scale) of the runs that have one, titled model / optimizer.",
     "lambda_max": "Hessian λ_max of each Table-3 block (log scale).",
     "sparsity": "Fraction of active post-activation values per block.",
     "density": "Hessian eigenvalue density of the whole model (stochastic Lanczos quadrature).",
@@ -280,14 +288,21 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
     lines = [f"# geomkit study `{config.name}`", ""]
     if config.description:
         lines += [config.description, ""]
+    if config.models:
+        lines += [
+            f"- data: `{d.source}`" + (f" at {d.image_size}px" if d.image_size else "")
+            + f", augmentation {'on' if d.augment else 'off'}, subsets "
+            + ", ".join(f"{s:g}" for s in config.subsets),
+            f"- models: {', '.join(config.models)}; optimizers: {', '.join(config.optimizers)}; "
+            f"seeds: {', '.join(map(str, config.seeds))}",
+            f"- training: {config.train.get('epochs')} epochs, batch "
+            f"{config.train.get('batch_size')}; SAM ρ: "
+            + ", ".join(f"{m} {config.rho_for(m):g}" for m in config.models)]
+    if config.checkpoints:
+        lines.append("- measured, not trained here (`[[checkpoints]]`, each on its own data): "
+                     + "; ".join(f"{e.model} / {e.optimizer} `{e.path}`"
+                                 for e in config.checkpoints))
     lines += [
-        f"- data: `{d.source}`" + (f" at {d.image_size}px" if d.image_size else "")
-        + f", augmentation {'on' if d.augment else 'off'}, subsets "
-        + ", ".join(f"{s:g}" for s in config.subsets),
-        f"- models: {', '.join(config.models)}; optimizers: {', '.join(config.optimizers)}; "
-        f"seeds: {', '.join(map(str, config.seeds))}",
-        f"- training: {config.train.get('epochs')} epochs, batch {config.train.get('batch_size')}; "
-        f"SAM ρ: " + ", ".join(f"{m} {config.rho_for(m):g}" for m in config.models),
         f"- analysis: {config.analysis.samples} training examples for the Hessian and "
         f"activations, {config.analysis.ntk_samples} for the NTK "
         f"({config.analysis.ntk_repeats} initializations), "
@@ -300,11 +315,14 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
         "test split at the end of training; the per-checkpoint Table 1's Top-1, and every "
         "-C number, come from the analysis on "
         + (f"the first {config.analysis.test_samples}" if config.analysis.test_samples
-           else "all") + " test examples.",
+           else "all") + " test examples"
+        + (", as does the test accuracy of a checkpoint trained elsewhere (marked "
+           "\"analysis\")." if config.checkpoints else "."),
         "",
         md_table(["run", "epochs", "test acc (%)", "train loss", "train s"],
-                 [[r["run"], r["epochs"], _g(_pct(r.get("test_acc")), 4), _g(r["train_loss"]),
-                   _g(r["train_seconds"])] for r in rows]),
+                 [[r["run"], r["epochs"], _g(_pct(r.get("test_acc")), 4)
+                   + (" (analysis)" if r.get("test_acc_from") == "analysis" else ""),
+                   _g(r["train_loss"]), _g(r["train_seconds"])] for r in rows]),
         "",
         "## Findings",
         "",
@@ -336,7 +354,9 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
             lines += [f"![{name}]({rel})", "", FIGURE_CAPTIONS.get(name, name), ""]
     out = view.out_dir
     lines += ["## Files", "",
-              "- `runs/<run>/last.pt`: checkpoints (`geomkit info`, `geomkit.load_checkpoint`)",
+              "- `runs/<run>/last.pt`: checkpoints (`geomkit info`, `geomkit.load_checkpoint`)"
+              + ("; the `[[checkpoints]]` are read where they lie" if config.checkpoints
+                 else ""),
               "- `results.h5`: every measurement (`geomkit.results.load_results`)"]
     if any((out / "landscapes").glob("*.h5")):
         lines.append("- `landscapes/<run>.h5`: loss surfaces of the runs in Figure 1 "

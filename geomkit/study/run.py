@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,9 @@ class RunRecord:
         spec: the run's definition.
         checkpoint: ``DIR/runs/<run>/last.pt``.
         status: ``trained`` (this call, from scratch), ``resumed`` (continued an
-            interrupted run), ``reused`` (finished before) or ``missing`` (not trained:
-            the train stage was not selected).
+            interrupted run), ``reused`` (finished before), ``missing`` (not trained:
+            the train stage was not selected) or ``external`` (a ``[[checkpoints]]``
+            entry: measured where it lies, never trained).
         test_acc, train_loss: final metrics (NaN when missing).
         epochs: epochs completed.
         train_seconds: training wall time (over all sessions of the run).
@@ -68,7 +69,8 @@ class RunRecord:
 
     def row(self) -> dict[str, Any]:
         """A flat, JSON-able row of the accuracy table."""
-        return {"run": self.name, "model": self.spec.model, "optimizer": self.spec.optimizer,
+        return {"run": self.name, "model": self.spec.model, "family": self.spec.family,
+                "optimizer": self.spec.optimizer,
                 "subset": self.spec.subset, "seed": self.spec.seed, "epochs": self.epochs,
                 "test_acc": self.test_acc, "train_loss": self.train_loss,
                 "train_seconds": self.train_seconds, "status": self.status}
@@ -175,6 +177,9 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
     runs = config.runs()
     records = []
     for i, run in enumerate(runs):
+        if run.external:
+            records.append(_external_record(run))
+            continue
         rdir = out_dir / "runs" / run.name
         path = rdir / "last.pt"
         # --force retrains over the old run, which stays whole until each new checkpoint
@@ -212,6 +217,33 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
     return records
 
 
+def _external_record(run: RunSpec) -> RunRecord:
+    """A ``[[checkpoints]]`` entry, read (so a missing or broken file stops the study before
+    any measurement) and never written: its family is the model's own unless labelled."""
+    from geomkit.checkpoint import load_checkpoint
+    from geomkit.models import family
+
+    assert run.checkpoint is not None
+    if not run.checkpoint.is_file():
+        raise SpecError(f"[[checkpoints]] {run.checkpoint}: no such checkpoint file")
+    try:
+        ck = load_checkpoint(run.checkpoint)
+    except CheckpointError as e:
+        raise SpecError(f"[[checkpoints]] {e}") from None
+    if not run.known_family:
+        run = replace(run, known_family=family(ck.model))
+    return _record(run, run.checkpoint, "external", ck)
+
+
+def _stored_path(path: Path, out_dir: Path) -> str:
+    """A run's checkpoint as study.json keeps it: relative inside the study directory (it
+    can move), absolute outside (a ``[[checkpoints]]`` file)."""
+    try:
+        return str(path.relative_to(out_dir))
+    except ValueError:
+        return str(path.absolute())
+
+
 # -- the study -----------------------------------------------------------------------------
 
 def _save_state(config: StudyConfig, out_dir: Path, records: Sequence[RunRecord]) -> None:
@@ -220,7 +252,7 @@ def _save_state(config: StudyConfig, out_dir: Path, records: Sequence[RunRecord]
     _write_json_atomic(out_dir / "study.json", {
         "format": "geomkit-study/1",
         "config": config.to_dict(),
-        "runs": [r.row() | {"checkpoint": str(r.checkpoint.relative_to(out_dir))}
+        "runs": [r.row() | {"checkpoint": _stored_path(r.checkpoint, out_dir)}
                  for r in records],
         "provenance": provenance(),
     })

@@ -108,11 +108,11 @@ def landscape_stage(config: StudyConfig, out_dir: Path, runs: Sequence[Any], *,
                     force: bool = False, progress: bool = True) -> dict[str, Any]:
     """A filter-normalized random 2-D surface into ``out_dir/landscapes/<run>.h5`` for each
     run the Figure-1 grid shows (the first seed on the largest subset,
-    :attr:`StudyConfig.figure_key`; the other runs' surfaces would be drawn nowhere), resumed
+    :attr:`StudyConfig.figure_key`, and every ``[[checkpoints]]`` entry; the other runs'
+    surfaces would be drawn nowhere), resumed
     at the first unfinished grid point; the grid itself is drawn by the report."""
     ls = config.landscape
-    subset, seed = config.figure_key
-    runs = [r for r in runs if r.spec.subset == subset and r.spec.seed == seed]
+    runs = [r for r in runs if config.in_figures(r.spec.subset, r.spec.seed, r.spec.external)]
     if not ls.enabled or not runs:
         return {}
     from geomkit.geometry.landscape import landscape_from_checkpoint

@@ -6,7 +6,9 @@
 
 A row holds the run's identity (``run``, ``model``, ``family``, ``optimizer``,
 ``subset``, ``seed``), its training metrics (``test_acc``, ``train_loss``,
-``train_seconds``) and, when stage 2 has measured it, ``num_params``, ``kappa_init``,
+``train_seconds``; for a ``[[checkpoints]]`` entry, whose ``status`` is ``external``,
+``test_acc`` is the analysis's clean accuracy and ``test_acc_from`` says so) and, when
+stage 2 has measured it, ``num_params``, ``kappa_init``,
 ``lambda_max`` (block → value), ``hessian_depth``, ``weight_norm``, ``a`` (first / mid
 / last block output norm), ``a_index``, ``block_active_fraction`` (list), ``clean``,
 ``mean_corrupted``, ``per_corruption`` (corruption → accuracy) — each measurement's
@@ -144,13 +146,20 @@ def open_study(out_dir: str | Path) -> StudyView:
     rows = []
     for run in state.get("runs", []):
         row = dict(run)
-        row["family"] = model_family(row["model"])
+        # study.json keeps the family since [[checkpoints]] (a label's own is "other")
+        row["family"] = row.get("family") or model_family(row["model"])
         ck = out_dir / run["checkpoint"]
         row["checkpoint"] = str(ck)
         if by_sha and ck.is_file():
             rec = by_sha.get(file_sha256(ck))
             if rec is not None:
                 row.update(_measured(rec))
+        if row.get("status") == "external" and row.get("test_acc") is None \
+                and row.get("clean") is not None:
+            # a checkpoint trained elsewhere has no training metrics: its test accuracy is
+            # the analysis's clean accuracy ([analysis] test_samples; 0 = the whole split)
+            row["test_acc"] = row["clean"]
+            row["test_acc_from"] = "analysis"
         for key, sub in (("landscape", "landscapes"), ("density", "density")):
             p = out_dir / sub / f"{run['run']}.h5"
             row[key] = str(p) if p.is_file() else None
