@@ -99,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc = int(args.func(args) or 0)
+        if getattr(args, "no_progress", False) or getattr(args, "json", False):
+            # the image-folder decoding bar too, wherever a measurement decodes
+            from geomkit.data.imagefolder import decode_progress
+
+            with decode_progress(False):
+                rc = int(args.func(args) or 0)
+        else:
+            rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a full or closed stdout fails here, not at interpreter exit
         return rc
     except BrokenPipeError:

@@ -17,13 +17,12 @@ analysis-data rule: the first N examples of ``load_split(spec, split)``.
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
 from geomkit.data.corruptions import CORRUPTIONS, corrupt, corrupt_normalized
-from geomkit.data.imagefolder import ImageFolderBatches
+from geomkit.data.imagefolder import ImageFolderBatches, decode_bar
 from geomkit.data.sources import CIFAR10_CLASSES, DIGITS_CLASSES, FASHION_MNIST_CLASSES, raw_data
 from geomkit.data.spec import SOURCES, SPLITS, DataInfo, DataSpec
 from geomkit.data.transforms import augment_batch, resize
@@ -97,7 +96,7 @@ def load_split(spec: DataSpec, split: str, *,
         spec: the data spec.
         split: ``"train"`` or ``"test"``.
         progress: ``imagefolder`` only, which decodes every file now: a tqdm bar on stderr
-            (``None``: when stderr is a terminal). Larger folders stream instead:
+            (``None``: :func:`~geomkit.data.imagefolder.decode_bar`). Larger folders stream instead:
             :class:`ImageFolderBatches`.
 
     Returns:
@@ -111,8 +110,7 @@ def load_split(spec: DataSpec, split: str, *,
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     if spec.source == "imagefolder":
-        bar = sys.stderr.isatty() if progress is None else bool(progress)
-        return ImageFolderBatches(spec, split, progress=bar).tensors()
+        return ImageFolderBatches(spec, split, progress=decode_bar(progress)).tensors()
     raw = raw_data(spec)
     x_np, y_np = (raw.x_train, raw.y_train) if split == "train" else (raw.x_test, raw.y_test)
     size = spec.image_size or _native_size(spec, *x_np.shape[2:])

@@ -47,6 +47,8 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +67,9 @@ __all__ = [
     "FolderSplit",
     "ImageFolderBatches",
     "analysis_data",
+    "decode_bar",
     "decode_image",
+    "decode_progress",
     "folder_index",
 ]
 
@@ -493,6 +497,31 @@ def _normalization(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
             torch.tensor(raw.std, dtype=torch.float32).view(1, -1, 1, 1))
 
 
+#: The decoding bar's setting inside :func:`decode_progress` (None: no block is active).
+_DECODE_PROGRESS: ContextVar[bool | None] = ContextVar("geomkit_decode_progress", default=None)
+
+
+@contextmanager
+def decode_progress(enabled: bool) -> Iterator[None]:
+    """Within the block, image decoding shows its bar only if ``enabled``, also where the
+    decode happens deep inside a measurement (``ck.analysis_data``): how ``--no-progress``
+    reaches it."""
+    token = _DECODE_PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _DECODE_PROGRESS.reset(token)
+
+
+def decode_bar(progress: bool | None) -> bool:
+    """Whether to draw the decoding bar: ``progress`` when given, else the active
+    :func:`decode_progress` block's setting, else whether stderr is a terminal."""
+    if progress is not None:
+        return bool(progress)
+    active = _DECODE_PROGRESS.get()
+    return sys.stderr.isatty() if active is None else active
+
+
 def analysis_data(spec: DataSpec, split: str = "train", n: int | None = None, *,
                   max_bytes: int | None = None, batch_size: int | None = None,
                   progress: bool | None = None) -> tuple[Any, torch.Tensor | None]:
@@ -503,10 +532,10 @@ def analysis_data(spec: DataSpec, split: str = "train", n: int | None = None, *,
     of its first element is the number of examples either way.
 
     ``batch_size``: of the stream (default :data:`STREAM_BATCH`); ``progress``: a decoding
-    bar on stderr (``None``: when stderr is a terminal).
+    bar on stderr (``None``: as :func:`decode_bar` decides).
     """
-    bar = sys.stderr.isatty() if progress is None else bool(progress)
-    batches = ImageFolderBatches(spec, split, n, batch_size or STREAM_BATCH, progress=bar)
+    batches = ImageFolderBatches(spec, split, n, batch_size or STREAM_BATCH,
+                                 progress=decode_bar(progress))
     bound = STREAM_ABOVE_BYTES if max_bytes is None else max_bytes
     if batches.nbytes <= bound:
         return batches.tensors()

@@ -435,3 +435,31 @@ def test_three_split_folders_are_not_read_as_three_classes(tmp_path):
     assert "split folders" in str(e.value) and e.value.param == "split_dirs"
     assert info(DataSpec("imagefolder", root=str(tmp_path),
                          split_dirs=("train", "val"))).num_classes == 4
+
+
+def test_no_progress_reaches_the_decoding_bar_inside_a_measurement(
+        digits_folder, capsys, tmp_path, monkeypatch):
+    """`--no-progress` silences the decoding bar that a measurement's ck.analysis_data
+    draws (stderr a terminal, where the bar is on by default)."""
+    from geomkit.data import imagefolder
+
+    spec_name, _, root, _ = digits_folder
+    _cli(capsys, ["import", "--model", spec_name, "--weights", tmp_path / "w.pt", "--data",
+                  "imagefolder", "--data-root", root, "--image-size", "8",
+                  "--out", tmp_path / "ck.pt"])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bars: list[bool] = []
+    real = imagefolder.ImageFolderBatches.__init__
+
+    def spy(self, *a, progress=False, **kw):
+        bars.append(bool(progress))
+        real(self, *a, progress=progress, **kw)
+
+    monkeypatch.setattr(imagefolder.ImageFolderBatches, "__init__", spy)
+    for flags, want in ((["--no-progress"], False), ([], True)):
+        bars.clear()
+        _cli(capsys, ["hessian", tmp_path / "ck.pt", "--samples", "20", *flags])
+        assert bars and set(bars) == {want}
+    with imagefolder.decode_progress(False):
+        assert imagefolder.decode_bar(None) is False and imagefolder.decode_bar(True) is True
+    assert imagefolder.decode_bar(None) is True  # the terminal decides again
