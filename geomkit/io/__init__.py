@@ -77,6 +77,8 @@ HESSIAN_FORMAT = register_format("geomkit-hessian/2", "hessian file", "`geomkit 
 HESSIAN_FORMAT_V1 = register_format("geomkit-hessian/1", "hessian file",
                                     "`geomkit hessian --out`")
 DENSITY_FORMAT = register_format("geomkit-density/1", "density file", "`geomkit study`")
+SHARPNESS_FORMAT = register_format("geomkit-sharpness/1", "sharpness file",
+                                   "`geomkit sharpness --out`")
 
 
 def write_json(path, obj, *, indent: int | None = 1, sort_keys: bool = False):
@@ -104,6 +106,7 @@ def read_json(path):
 
 __all__ = [
     "DENSITY_FORMAT",
+    "SHARPNESS_FORMAT",
     "FORMATS",
     "HESSIAN_FORMAT",
     "HESSIAN_FORMAT_V1",

@@ -142,6 +142,79 @@ def findings(view: StudyView, sam: str = "sam") -> list[Finding]:
     return out
 
 
+# -- sharpness measures --------------------------------------------------------------------
+
+#: The sharpness measures a study row may carry: (label, row -> value).
+SHARPNESS_MEASURES: tuple[tuple[str, Any], ...] = (
+    ("λ_max (whole)", lambda r: (r.get("lambda_max") or {}).get("whole")),
+    ("L^N_train − L_train", lambda r: (r["l_noise"] - r["l_train"])
+     if r.get("l_noise") is not None and r.get("l_train") is not None else None),
+    ("S_max (adaptive, whole)", lambda r: (r.get("sharpness") or {}).get("whole")),
+    ("L_train", lambda r: r.get("l_train")),
+)
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spearman's ρ and Kendall's τ of each sharpness measure against λ_max and against the
+    test accuracy, over the runs that have both (scipy.stats; NaN with fewer than 3)."""
+    from scipy import stats
+
+    out = []
+    for label, get in SHARPNESS_MEASURES:
+        row: dict[str, Any] = {"measure": label}
+        for ref, rget in (("lambda_max", SHARPNESS_MEASURES[0][1]),
+                          ("test_acc", lambda r: r.get("test_acc"))):
+            pairs = [(get(r), rget(r)) for r in rows if _finite(get(r)) and _finite(rget(r))]
+            row[f"n_{ref}"] = len(pairs)
+            if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+                row[f"spearman_{ref}"] = row[f"kendall_{ref}"] = math.nan
+                continue
+            a, b = zip(*pairs, strict=True)
+            row[f"spearman_{ref}"] = float(stats.spearmanr(a, b).statistic)
+            row[f"kendall_{ref}"] = float(stats.kendalltau(a, b).statistic)
+        out.append(row)
+    return out
+
+
+def sharpness_markdown(view: StudyView, sam: str = "sam") -> list[str]:
+    """The report's sharpness section (empty when no run has the ``sharpness`` measurement):
+    each measure per run group, whether SAM lowers it per pair, and the rank correlations."""
+    rows = view.rows
+    if not any(r.get("sharpness") for r in rows):
+        return []
+    lines = ["## Sharpness beside λ_max", "",
+             "L^N_train: the training loss under Gaussian weight noise; S_max: adaptive "
+             "worst-case m-sharpness (Andriushchenko et al. 2023), on the Hessian's examples.",
+             "", md_table(["run"] + [m for m, _ in SHARPNESS_MEASURES],
+                          [[_label(g)] + [_cell([get(r) for r in g]) for _, get in
+                                          SHARPNESS_MEASURES] for g in _groups(rows)]), ""]
+    pairs = view.pairs(sam)
+    if pairs:
+        lines += ["Does SAM lower each measure (vanilla → SAM, per model and seed)?", ""]
+        body = []
+        for label, get in SHARPNESS_MEASURES[:3]:
+            done = [(v, s) for v, s in pairs if _finite(get(v)) and _finite(get(s))]
+            lower = sum(get(s) < get(v) for v, s in done)
+            body.append([label, f"{lower} of {len(done)}",
+                         "; ".join(f"{_pair_name(v)} {_g(get(v))} → {_g(get(s))}"
+                                   for v, s in done[:6])])
+        lines += [md_table(["measure", "SAM lower", "pairs"], body), ""]
+    corr = rank_correlations(rows)
+    lines += ["Rank correlation of each measure with λ_max and with the test accuracy over "
+              "the runs (Spearman ρ / Kendall τ; a good sharpness measure of generalization "
+              "correlates negatively with accuracy):", "",
+              md_table(["measure", "vs λ_max", "vs test accuracy", "runs"],
+                       [[c["measure"],
+                         f"{_g(c['spearman_lambda_max'], 2)} / {_g(c['kendall_lambda_max'], 2)}",
+                         f"{_g(c['spearman_test_acc'], 2)} / {_g(c['kendall_test_acc'], 2)}",
+                         c["n_test_acc"]] for c in corr[1:]]), ""]
+    return lines
+
+
 # -- tables --------------------------------------------------------------------------------
 
 def _groups(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -347,6 +420,7 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
         lines += ["This study" + (", mean ± std over seeds" if several else "")
                   + " (‖a_k‖₂: output norm of the first, middle and last block):", "",
                   table3_markdown(rows), ""]
+    lines += sharpness_markdown(view)
     if figures:
         lines += ["## Figures", ""]
         for name, path in figures.items():
