@@ -94,9 +94,72 @@ def stop_step(tr, tol: float, rule: str) -> int:
 RULES = ("gain10", "gain100", "gain1000", "gaininf", "change")
 
 
+# -- the clustered spectra of tests/geometry/test_lanczos.py ---------------------------------
+
+def clustered(g: float, seed: int, n: int = 300) -> torch.Tensor:
+    """Top pair 1 and 1 − g, eight outliers in [0.2, 0.9], a bulk near 0 (as the test)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.cat([torch.tensor([1.0, 1.0 - g], dtype=torch.float64),
+                   torch.rand(8, generator=gen, dtype=torch.float64) * 0.7 + 0.2,
+                   torch.rand(n - 10, generator=gen, dtype=torch.float64) * 0.1 - 0.05])
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return (Q * d) @ Q.T
+
+
+def candidate_stop(tr, tol: float, rule: str, resolved: float = 0.02) -> int:
+    """Cheaper rules than geomkit's: ``change`` alone, ``aitken`` (the change and its
+    geometric extrapolation c·q/(1 − q), q the ratio of successive changes), ``aitken_e``
+    (also the error bound below 10·tol), ``resolved`` (geomkit's rule at another resolved
+    threshold)."""
+    prev = prevc = None
+    for m, (theta, res) in enumerate(tr, start=1):
+        cur = float(theta[-1])
+        denom = max(abs(cur), _FLOOR * float(theta.abs().max()), 1e-300)
+        if prev is not None:
+            c = abs(cur - prev) / denom
+            e = float(error_bounds(theta, res, resolved=resolved)[-1]) / denom
+            if rule == "resolved":
+                ok = c < tol and e < tol
+            elif rule == "change":
+                ok = c < tol
+            else:
+                ok = bool(prevc) and c < tol and c / prevc < 1 and \
+                    c * (c / prevc) / (1 - c / prevc) < tol
+                if rule == "aitken_e":
+                    ok = ok and e < 10 * tol
+            if ok:
+                return m
+            prevc = c
+        prev = cur
+    return len(tr)
+
+
+def clustered_table(tol: float = 1e-4, steps: int = 120) -> list[str]:
+    """HVPs and the largest error of each candidate rule over the 15 clustered cases."""
+    traces = []
+    for g in (1e-2, 3e-3, 1e-3):
+        for s in range(5):
+            A = clustered(g, s)
+            run = LanczosRun(start_vector(300, s, torch.float64), tol=0.0, max_iter=steps)
+            while not run.done:
+                run.feed(A @ run.query)
+            traces.append(trace(list(run.alphas), list(run.betas) + [run._beta]))
+    rows = [f"| rule (clustered spectra, tol {tol:g}) | HVPs (15 cases) | largest error |",
+            "|---|---|---|"]
+    rules = [("geomkit (resolved 0.02)", "resolved", 0.02)]
+    rules += [(f"resolved {r:g}", "resolved", r) for r in (0.05, 0.1, 0.2, 0.5)]
+    rules += [(n, n, 0.02) for n in ("change", "aitken", "aitken_e")]
+    for label, rule, r in rules:
+        stops = [candidate_stop(tr, tol, rule, r) for tr in traces]
+        err = max(abs(float(tr[m - 1][0][-1]) - 1.0) for tr, m in zip(traces, stops,
+                                                                     strict=True))
+        rows.append(f"| {label} | {sum(stops)} | {err:.1e} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpts", nargs="+")
+    ap.add_argument("ckpts", nargs="*")
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -136,7 +199,7 @@ def main() -> None:
                 rows.append(f"| {ck.label} | {seed} | {tol:g} | {first} | " + " | ".join(cells)
                             + " |")
                 print(rows[-1], file=sys.stderr)
-    text = "\n".join(lines + rows + [""])
+    text = "\n".join(lines + rows + ["", *clustered_table(), ""])
     print(text)
     if args.out:
         Path(args.out).write_text(text)
