@@ -20,8 +20,10 @@ resnet-tiny): with ``stream`` lockstep took 0.77x / 0.73x the time of running th
 blocks one after another; with ``reuse`` 0.98x / 0.95x (the retained graph is
 shared either way).  Lockstep is never slower, so it is the default
 (``schedule="sequential"`` remains for comparison).  A vmapped product over stacked tangents
-(``is_grads_batched``) is not used: batching through the backward of norm layers
-is the path that gives wrong LayerNorm Hessians with this torch (``jacrev``).
+(``is_grads_batched``, ``batched=True``) gives the same products -- LayerNorm blocks
+included, against the dense oracle (``tests/geometry/test_hvp.py``); the wrong LayerNorm
+Hessians of this torch are ``jacrev``'s, not this path's -- but is 2.3-2.8x slower on the
+CPU, so it is off by default until the GPU check has measured it on CUDA.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -166,6 +168,7 @@ def hessian_eigs(
     seed: int = 0,
     return_vectors: bool = False,
     memory_budget: int | None = None,
+    batched: bool = False,
     progress: bool = False,
 ) -> HessianResult:
     """λ_max, top-k and optionally λ_min of each diagonal Hessian block H_BB.
@@ -192,6 +195,9 @@ def hessian_eigs(
         seed: seeds every block's start vector.
         return_vectors: also return eigenvector estimates.
         memory_budget: bytes allowed for the retained graph under ``auto``.
+        batched: the lockstep blocks' products in one vmapped backward
+            (:class:`~geomkit.geometry.hvp.HessianOperator`); off by default (slower on
+            CPU).
         progress: show a tqdm bar of Lanczos steps on stderr.
 
     Returns:
@@ -227,7 +233,7 @@ def hessian_eigs(
     op = HessianOperator(model, data, targets, resolved, loss=loss,
                          label_smoothing=label_smoothing, batch_size=batch_size,
                          strategy=strategy, bn=bn, dtype=dtype, device=device,
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget, batched=batched)
     runs = {
         b: LanczosRun(start_vector(op.dims[b], seed, op.dtype, op.device), top_k=top_k,
                       smallest=smallest, tol=tol, max_iter=max_iter)

@@ -108,6 +108,7 @@ class OperatorOptions(TypedDict, total=False):
     dtype: torch.dtype | None
     device: torch.device | str | None
     memory_budget: int | None
+    batched: bool
 
 
 class HessianOperator:
@@ -133,6 +134,12 @@ class HessianOperator:
         device: compute device (None: the model's; an index-less ``"cuda"`` for a model
             on a GPU: that GPU).
         memory_budget: bytes allowed for ``reuse`` under ``auto`` (None: default).
+        batched: several blocks' products in one vmapped backward (``is_grads_batched``
+            over stacked tangents; ``reuse`` and ``stream``) instead of one backward per
+            block. Same products to rounding (tested against the dense oracle, LayerNorm
+            included); 2.3-2.8x slower on this CPU (``benchmarks/hvp_batched.py``: 4 and 7
+            vit-tiny blocks, N = 512), so off by default; the GPU check measures it
+            where one small block's product leaves the chip idle.
 
     Attributes:
         dims: block → number of parameters; ``strategy``: the resolved strategy;
@@ -155,6 +162,7 @@ class HessianOperator:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         memory_budget: int | None = None,
+        batched: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise SpecError(f"unknown HVP strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
@@ -174,6 +182,7 @@ class HessianOperator:
         self.data = as_data(data, targets)
         self._loss_total = resolve_loss_sum(loss, label_smoothing)
         self.bn = bn
+        self.batched = bool(batched)
         # "cuda" for a model on cuda:1 is cuda:1 (not the current GPU: no copy on another one)
         self.device = run_device_for(device, first.device)
         self.dtype = dtype if dtype is not None else first.dtype
@@ -309,6 +318,32 @@ class HessianOperator:
         return list(torch.autograd.grad(dot, [self._leaves[n] for n in names],
                                         retain_graph=retain, allow_unused=True))
 
+    def _second_batched(self, g: dict[str, torch.Tensor],
+                        reqs: Sequence[tuple[str, list[torch.Tensor]]],
+                        retain: bool) -> list[list[torch.Tensor | None]]:
+        """Every request's ``H_BB v`` from one backward over stacked tangents: row i holds
+        block i's vector on its parameters and zeros elsewhere, so row i of
+        ``H_UU T`` (U the union of the blocks) restricted to block i is ``H_BB v_i``."""
+        union = [n for n in self._union([b for b, _ in reqs])
+                 if n in g and g[n].requires_grad]
+        out: list[list[torch.Tensor | None]] = [[None] * len(self.blocks[b]) for b, _ in reqs]
+        if not union:
+            return out
+        tangents = []
+        for n in union:
+            t = g[n].new_zeros((len(reqs), *g[n].shape))
+            for i, (b, vs) in enumerate(reqs):
+                if n in self.blocks[b]:
+                    t[i] = vs[self.blocks[b].index(n)]
+            tangents.append(t)
+        hv = torch.autograd.grad([g[n] for n in union], [self._leaves[n] for n in union],
+                                 grad_outputs=tangents, retain_graph=retain,
+                                 is_grads_batched=True, allow_unused=True)
+        row = dict(zip(union, hv, strict=True))
+        for i, (b, _) in enumerate(reqs):
+            out[i] = [None if row.get(n) is None else row[n][i] for n in self.blocks[b]]
+        return out
+
     # ------------------------------------------------------------------ public
     def matvecs(self, requests: Sequence[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
         """Products ``H_BB v`` for several (block, flat vector) pairs at once.
@@ -327,8 +362,12 @@ class HessianOperator:
             if self._graph is None:
                 self._build_graph()
             assert self._graph is not None
-            for i, (b, vs) in enumerate(reqs):
-                add(i, self._second(self._graph, b, vs, retain=True))
+            if self.batched and len(reqs) > 1:
+                for i, parts in enumerate(self._second_batched(self._graph, reqs, True)):
+                    add(i, parts)
+            else:
+                for i, (b, vs) in enumerate(reqs):
+                    add(i, self._second(self._graph, b, vs, retain=True))
         elif self.strategy == "stream":
             names = self._union([b for b, _ in reqs])
             leaves = [self._leaves[n] for n in names]
@@ -336,8 +375,12 @@ class HessianOperator:
                 loss = self._loss_sum(self._forward(x, self._leaves), y, self.n_total)
                 gs = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
                 g = {n: t for n, t in zip(names, gs, strict=True) if t is not None}
-                for i, (b, vs) in enumerate(reqs):
-                    add(i, self._second(g, b, vs, retain=i < len(reqs) - 1))
+                if self.batched and len(reqs) > 1:
+                    for i, parts in enumerate(self._second_batched(g, reqs, False)):
+                        add(i, parts)
+                else:
+                    for i, (b, vs) in enumerate(reqs):
+                        add(i, self._second(g, b, vs, retain=i < len(reqs) - 1))
                 del loss, gs, g
         else:  # func
             for x, y in self._batches():

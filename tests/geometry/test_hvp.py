@@ -52,6 +52,30 @@ def test_hvp_equals_dense_every_strategy_and_block(name, device):
             assert op.n_hvps == {b: 1 for b in blocks}
 
 
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_batched_block_products_equal_dense(name, device):
+    # one vmapped backward over stacked tangents (is_grads_batched) gives every paper
+    # block's H_BB v, LayerNorm blocks included, as the dense oracle does
+    case = make_case(name, n=10)
+    dev = case.to(device)
+    blocks = resolve_blocks(dev.model, ("paper",))
+    dense = cached_block_hessians(name, 10)
+    g = torch.Generator().manual_seed(2)
+    for strat in ("reuse", "stream"):
+        op = HessianOperator(dev.model, dev.inputs, dev.targets, blocks, strategy=strat,
+                             batch_size=4, batched=True)
+        vs = {b: torch.randn(op.dims[b], generator=g, dtype=torch.float64) for b in blocks}
+        outs = op.matvecs([(b, v.to(device)) for b, v in vs.items()])
+        for (b, v), hv in zip(vs.items(), outs, strict=True):
+            _close(hv, dense[b] @ v)
+        # and the same block twice in one call (two Lanczos runs of one block)
+        b0 = next(iter(blocks))
+        v1, v2 = (torch.randn(op.dims[b0], generator=g, dtype=torch.float64) for _ in "ab")
+        h1, h2 = op.matvecs([(b0, v1.to(device)), (b0, v2.to(device))])
+        _close(h1, dense[b0] @ v1)
+        _close(h2, dense[b0] @ v2)
+
+
 def test_oracle_agrees_with_finite_differences_and_torch_func_hessian_does_not():
     case = make_case("vit1", n=4)
     names = resolve_blocks(case.model, (), regex={"b": r"norm|attn.proj"})["b"]
