@@ -125,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpts", nargs="+")
     ap.add_argument("--init", action="store_true")
+    ap.add_argument("--init-only", action="store_true", help="only the architectures at init")
     ap.add_argument("--samples", type=int, nargs="+", default=[512])
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--rounds", type=int, default=3)
@@ -148,9 +149,10 @@ def main() -> None:
     cases = []
     for path in args.ckpts:
         ck = load_checkpoint(path)
-        cases.append((ck.label, ck.model, ck))
-        if args.init:
-            cases.append((f"{ck.model_name}/init", ck.fresh_model, ck))
+        if not args.init_only:
+            cases.append((ck.label, ck.model, ck))
+        if args.init or args.init_only:
+            cases.append((f"{ck.model_name}/init", ck.fresh_model(0), ck))
     for label, model, ck in cases:
         model.eval()
         blocks = resolve_blocks(model, ("paper",))

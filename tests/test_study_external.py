@@ -83,6 +83,56 @@ optimizer = "sam"
 """
 
 
+def test_a_second_seed_of_a_cell_draws_every_surface(imported: Path, tmp_path: Path):
+    """Two [[checkpoints]] with the same labels and another seed share a Figure-1 cell:
+    every surface is drawn, each titled by its run, none dropped."""
+    extra = ENTRIES + """
+[[checkpoints]]
+path = "ckpts/sam.pt"
+model = "net"
+optimizer = "sam"
+seed = 1
+"""
+    study = _study_file(tmp_path, extra.replace("[analysis]", "[analysis]"))
+    cfg = load_study_config(study)
+    cfg = cfg.replace(analysis=cfg.analysis.__class__.from_dict(
+        {**cfg.analysis.to_dict(), "measure": ["params"], "density_samples": 0}))
+    r = run_study(cfg, tmp_path / "out", progress=False)
+    assert set(r.landscapes) == {"net-vanilla-s0", "net-sam-s0", "net-sam-s1"}
+    assert "landscapes_runs" in r.figures and "landscapes" not in r.figures
+
+
+def test_externals_are_checked_before_anything_trains(imported: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    import geomkit.train
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking the [[checkpoints]]")
+
+    monkeypatch.setattr(geomkit.train, "train", no_training)
+    head = 'name = "mixed"\nmodels = ["resnet-tiny"]\n'
+    bad = ENTRIES.replace("ckpts/sam.pt", "ckpts/typo.pt").replace('"net"', '"mine"')
+    with pytest.raises(SpecError, match="no such checkpoint file"):
+        run_study(load_study_config(_study_file(tmp_path, bad, head)), tmp_path / "out",
+                  progress=False)
+    # a study's own run file listed as a checkpoint would be overwritten by training
+    own = ENTRIES.replace("ckpts/sam.pt", "out/runs/resnet-tiny-sam-s0/last.pt").replace(
+        '"net"', '"mine"')
+    (tmp_path / "out" / "runs" / "resnet-tiny-sam-s0").mkdir(parents=True)
+    (tmp_path / "ckpts" / "sam.pt").rename(tmp_path / "out/runs/resnet-tiny-sam-s0/last.pt")
+    with pytest.raises(SpecError, match="the study's own run resnet-tiny-sam-s0"):
+        run_study(load_study_config(_study_file(tmp_path, own, head)), tmp_path / "out",
+                  progress=False)
+
+
+def test_relative_paths_are_normalized(tmp_path: Path):
+    from geomkit.study.config import ExternalRun
+
+    e = ExternalRun.from_dict({"path": "../imported/x.pt", "model": "m", "optimizer": "sam"},
+                              tmp_path / "studies")
+    assert e.path == str(tmp_path.resolve() / "imported" / "x.pt") and ".." not in e.path
+
+
 @pytest.mark.filterwarnings("ignore:NTK kernel is singular:RuntimeWarning")
 def test_a_study_of_imported_checkpoints_runs_every_stage_and_never_writes_them(
         imported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

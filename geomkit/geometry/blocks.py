@@ -195,6 +195,18 @@ def _match_preset(preset: str, names: Sequence[str], fam: str) -> list[str]:
     return [n for n in names if pat.match(_strip(n))]
 
 
+#: What a user block's name may hold: it names an HDF5 group and a table column.
+_BLOCK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
+def check_block_name(name: str) -> None:
+    """Refuse a user block name that is not letters, digits and ``_ . + -`` (a ``/``
+    would nest HDF5 groups in the result files)."""
+    if not isinstance(name, str) or not _BLOCK_NAME.fullmatch(name):
+        raise SpecError(f"block name {name!r} must be letters, digits and _ . + - "
+                        "(it names a group in the result files)", param="regex")
+
+
 def parse_block_arg(text: str) -> tuple[str, str]:
     """Parse a user block ``NAME=REGEX`` into ``(name, regex)``.
 
@@ -205,6 +217,7 @@ def parse_block_arg(text: str) -> tuple[str, str]:
     name = name.strip()
     if not sep or not name or not pattern:
         raise SpecError(f"a user block must be NAME=REGEX (e.g. qkv=attn\\.qkv), got {text!r}")
+    check_block_name(name)
     try:
         re.compile(pattern)
     except re.error as e:
@@ -262,6 +275,7 @@ def resolve_blocks(
             )
         out[n] = members
     for n, pattern in regex.items():
+        check_block_name(n)
         try:
             pat = re.compile(pattern)
         except re.error as e:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -313,6 +314,9 @@ def sharpness(
     per_example = resolve_loss(loss, label_smoothing)
     resolved = resolve_blocks(model, blocks, regex)
     ad = as_data(data, targets)
+    if bn == "train" and m < 2:
+        raise SpecError("bn='train' normalizes with batch statistics, which need m >= 2",
+                        param="m")
     if ad.n < m:
         raise SpecError(f"m = {m} exceeds the {ad.n} analysis examples (m-sharpness needs "
                         "at least one full batch of m)", param="m")
@@ -328,7 +332,7 @@ def sharpness(
     states: list[_Block] = []
     try:
         with analysis_mode(work, bn, untracked=True):
-            for bi, (bname, pnames) in enumerate(resolved.items()):
+            for bname, pnames in resolved.items():
                 tb = time.perf_counter()
                 blk = _Block([named[n] for n in pnames], adaptive)
                 states.append(blk)
@@ -338,8 +342,11 @@ def sharpness(
                 for k, (x, y) in enumerate(_batches_of(ad, m, run_device, run_dtype)):
                     if k >= n_batches:
                         break
+                    # seeded by the block's name, not its position: a block's numbers do
+                    # not depend on which other blocks were asked for
                     gen = torch.Generator().manual_seed(
-                        ((int(seed) * 1_000_003 + bi) * 1_000_003 + k) % (1 << 63))
+                        ((int(seed) * 1_000_003 + zlib.crc32(bname.encode())) * 1_000_003
+                         + k) % (1 << 63))
                     v, l0, lp, r, draw_vals = _one_batch(
                         kind, blk, batch_loss, x, y, p, radius, steps, restarts, init, draws,
                         gen, counts)
@@ -446,7 +453,8 @@ def _apgd(blk: _Block, batch_loss: Callable, x: torch.Tensor, y: torch.Tensor,
     """Auto-PGD in u-space from ``u0``: the best (loss, u) of every point evaluated.
 
     Each step evaluates the current point's loss and gradient (one forward and backward),
-    then moves: z = P(u + η·dir(∇_u L)), u⁺ = P(u + α(z − u) + (1 − α)(u − u⁻)), α = 0.75.
+    then moves: z = P(u + η·dir(∇_u L)), u⁺ = P(u + α(z − u) + (1 − α)(u − u⁻)), α = 0.75
+    (1 on the first step).
     At each APGD checkpoint the step η (from 2ρ) is halved, and the ascent continues from
     the best point, when fewer than 75 % of the steps since the last checkpoint raised the
     loss, or when neither η nor the best loss changed since then.
@@ -486,7 +494,8 @@ def _apgd(blk: _Block, batch_loss: Callable, x: torch.Tensor, y: torch.Tensor,
         if d is None:
             break
         z = _project([a + eta * b for a, b in zip(u, d, strict=True)], p, rho)
-        nxt = _project([a + alpha * (zi - a) + (1 - alpha) * (a - b)
+        a_i = 1.0 if i == 0 else alpha  # APGD's first step has no momentum term
+        nxt = _project([a + a_i * (zi - a) + (1 - a_i) * (a - b)
                         for a, zi, b in zip(u, z, u_prev, strict=True)], p, rho)
         u_prev, u = u, nxt
         evaluated = False

@@ -31,6 +31,8 @@ def _check_p(v: Any) -> None:
 
 def _positive(name: str) -> Any:
     def check(v: Any) -> None:
+        if v is None:
+            return
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
             raise SpecError(f"{name} must be a number > 0, got {v!r}", param=name)
 
@@ -49,8 +51,9 @@ class SharpnessOptions(Options):
     loss: str = common.loss()
     sharpness_m: int = option(128, "examples per set S of m-sharpness (the first samples, "
                               "in batches of M)", metavar="M", minimum=1)
-    sharpness_rho: float = option(0.5, "radius of the adaptive worst case, ‖δ/|w|‖_p <= RHO",
-                                  metavar="RHO", check=_positive("sharpness_rho"))
+    sharpness_rho: float | None = option(
+        None, "radius of the adaptive worst case, ‖δ/|w|‖_p <= RHO (default: 0.5 for p 2, "
+        "1e-3 for inf)", metavar="RHO", none_ok=True, check=_positive("sharpness_rho"))
     sharpness_p: str = option("2", "norm of the worst case: 2 or inf", metavar="P",
                               check=_check_p)
     sharpness_steps: int = option(20, "Auto-PGD steps of the worst case", metavar="K",
@@ -65,8 +68,15 @@ class SharpnessOptions(Options):
     device: str | None = common.device()
 
 
+def _rho(o: SharpnessOptions) -> float:
+    from geomkit.geometry.sharpness import default_rho
+
+    return float(o.sharpness_rho if o.sharpness_rho is not None
+                 else default_rho("worst", True, str(o.sharpness_p)))
+
+
 def _settings(ck: Any, o: SharpnessOptions) -> dict[str, Any]:
-    return with_loss({"samples": o.samples, "m": o.sharpness_m, "rho": o.sharpness_rho,
+    return with_loss({"samples": o.samples, "m": o.sharpness_m, "rho": _rho(o),
                       "p": str(o.sharpness_p), "steps": o.sharpness_steps,
                       "sigma": o.noise_sigma, "draws": o.noise_draws,
                       "blocks": o.sharpness_blocks, "seed": o.seed, "bn": "eval",
@@ -82,7 +92,7 @@ def _run(ck: Any, o: SharpnessOptions) -> dict[str, Any]:
     kw = dict(m=m, loss=o.loss, seed=o.seed)
     noise = sharpness(net, x, y, kind="avg", rho=o.noise_sigma, draws=o.noise_draws, **kw)
     blocks = ("paper", "whole") if o.sharpness_blocks == "paper" else ("whole",)
-    worst = sharpness(net, x, y, kind="worst", adaptive=True, rho=o.sharpness_rho,
+    worst = sharpness(net, x, y, kind="worst", adaptive=True, rho=_rho(o),
                       p=str(o.sharpness_p), steps=o.sharpness_steps, blocks=blocks, **kw)
     w = noise.blocks["whole"]
     names = list(worst.blocks)
@@ -90,7 +100,7 @@ def _run(ck: Any, o: SharpnessOptions) -> dict[str, Any]:
         "blocks": names,
         "loss": w.loss,
         "noise_loss": w.perturbed_loss,
-        "noise_stderr": w.stderr,
+        "noise_gap_stderr": w.stderr,  # of L^N − L (the noise draws' spread)
         "worst": {b: worst.blocks[b].value for b in names},
         "worst_stderr": {b: worst.blocks[b].stderr for b in names},
         "n_params": {b: worst.blocks[b].n_params for b in names},
@@ -128,7 +138,7 @@ MEASUREMENT = register(Measurement(
     name="sharpness", description="L_train, L^N_train and adaptive worst-case sharpness",
     options=SharpnessOptions, run=_run, settings=_settings, view=_view, notes=_notes,
     order=32,
-    schema=("blocks", "loss", "noise_loss", "noise_stderr", "worst", "worst_stderr",
+    schema=("blocks", "loss", "noise_loss", "noise_gap_stderr", "worst", "worst_stderr",
             "n_params", "n_samples", "m"),
     entries=(
         TableEntry(1, "l_train", "L_train", lambda r: _get(r, "loss"), 32, optional=True),

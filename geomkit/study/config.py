@@ -312,7 +312,7 @@ class ExternalRun:
         p = Path(run.path).expanduser()
         if not p.is_absolute():
             p = (base or Path.cwd()) / p
-        return dataclasses.replace(run, path=str(p.absolute()))
+        return dataclasses.replace(run, path=str(p.resolve()))  # no ".." kept
 
 
 @dataclass(frozen=True)

@@ -318,14 +318,20 @@ def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
     # Figure 1: optimizers (rows) x models (columns) on one colour scale
     models, optimizers = config.model_labels, config.optimizer_labels
     cells, titles = [], []
+    unique = True
     for o in optimizers:
         for m in models:
             hit = [r for r in shown if r["model"] == m and r["optimizer"] == o and r["landscape"]]
             if hit:
                 cells.append(hit[0]["landscape"])
                 titles.append(f"{m} / {o}")
-    complete = len(cells) == len(optimizers) * len(models)
-    # [[checkpoints]] need not fill the grid: then the surfaces there are, each titled
+                unique = unique and len(hit) == 1
+    complete = unique and len(cells) == len(optimizers) * len(models)
+    if not complete and config.checkpoints:
+        # [[checkpoints]] need not fill the grid, or may share a cell with a trained run
+        # (another seed): then every surface there is, each titled by its run
+        hits = [r for r in shown if r["landscape"]]
+        cells, titles = [r["landscape"] for r in hits], [r["run"] for r in hits]
     if cells and (complete or config.checkpoints):
         name = "landscapes" if complete else "landscapes_runs"
         try:
@@ -344,7 +350,7 @@ FIGURE_CAPTIONS = {
     "landscapes": "Loss landscapes (filter-normalized random directions, one colour scale): "
                   "optimizers in rows, models in columns (the paper's Figure 1).",
     "landscapes_runs": "Loss landscapes (filter-normalized random directions, one colour "
-                       "scale) of the runs that have one, titled model / optimizer.",
+                       "scale) of every run that has one, titled by run.",
     "lambda_max": "Hessian λ_max of each Table-3 block (log scale).",
     "sparsity": "Fraction of active post-activation values per block.",
     "density": "Hessian eigenvalue density of the whole model (stochastic Lanczos quadrature).",

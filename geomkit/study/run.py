@@ -175,10 +175,23 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
 
     out_dir = Path(out_dir)
     runs = config.runs()
+    # every [[checkpoints]] file is read before anything trains: a typo costs nothing, and
+    # a file the study would write itself (a trained run's last.pt) is refused
+    own = {(out_dir / "runs" / r.name / "last.pt").resolve(): r.name
+           for r in runs if not r.external}
+    external = {}
+    for run in runs:
+        if run.external:
+            assert run.checkpoint is not None
+            if run.checkpoint.resolve() in own:
+                raise SpecError(f"[[checkpoints]] {run.checkpoint} is the checkpoint of the "
+                                f"study's own run {own[run.checkpoint.resolve()]}, which "
+                                "training writes; list only checkpoints trained elsewhere")
+            external[run.name] = _external_record(run)
     records = []
     for i, run in enumerate(runs):
         if run.external:
-            records.append(_external_record(run))
+            records.append(external[run.name])
             continue
         rdir = out_dir / "runs" / run.name
         path = rdir / "last.pt"
@@ -241,7 +254,7 @@ def _stored_path(path: Path, out_dir: Path) -> str:
     try:
         return str(path.relative_to(out_dir))
     except ValueError:
-        return str(path.absolute())
+        return str(path.resolve())
 
 
 # -- the study -----------------------------------------------------------------------------

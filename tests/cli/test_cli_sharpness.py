@@ -98,6 +98,7 @@ def test_out_file_round_trips_and_never_replaces_another_file(ck_path, capsys, t
     (["--m", "300", "--samples", "256"], "exceeds --samples"),
     (["--blocks", "attn"], "unknown block 'attn'"),
     (["--block", "x=("], "invalid regular expression"),
+    (["--block", "a/b=^1"], "must be letters, digits"),
     (["--rho", "0"], "positive finite number"),
     (["--p", "3"], "invalid choice"),
     (["--out", "s.txt"], "must name an .h5 file"),

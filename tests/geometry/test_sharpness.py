@@ -612,3 +612,31 @@ def test_every_measure_on_every_device_equals_the_cpu_oracle(device, kind, p):
         lam = float(torch.linalg.eigvalsh(_hessian(X, k))[-1])
         assert 0.99 * rho**2 * lam / 2 <= b.value <= rho**2 * lam / 2 * (1 + 1e-9)
     assert next(lin.parameters()).device.type == "cpu"
+
+
+def test_a_blocks_numbers_do_not_depend_on_the_other_blocks_asked_for():
+    # noise and random starts are seeded by the block's name, not its position
+    model, X, y = _mlp()
+    for kw in (dict(kind="avg", rho=0.05, draws=4), dict(kind="worst", init="random",
+                                                         restarts=2, steps=3)):
+        alone = sharpness(model, X, y, m=32, blocks=(), regex={"l1": r"^0\."}, **kw)
+        after = sharpness(model, X, y, m=32, blocks=("whole",), regex={"l1": r"^0\."}, **kw)
+        assert alone.blocks["l1"].per_batch == after.blocks["l1"].per_batch
+
+
+def test_train_mode_batch_norm_needs_two_examples_per_set():
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)).double()
+    X, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with pytest.raises(SpecError, match="m >= 2"):
+        sharpness(model, X, y, kind="sam", bn="train", m=1)
+
+
+def test_block_names_that_would_nest_groups_are_refused():
+    from geomkit.geometry.blocks import parse_block_arg
+
+    model, X, y = _mlp()
+    for bad in ("a/b", "..", "", "x y"):
+        with pytest.raises(SpecError, match="block name"):
+            sharpness(model, X, y, kind="sam", m=32, blocks=(), regex={bad: "^0"})
+    with pytest.raises(SpecError, match="block name"):
+        parse_block_arg("a/b=^1")
