@@ -39,6 +39,49 @@ from geomkit.train.sam import SAM, sam_step
 
 
 @dataclass(frozen=True)
+class TrainEvent:
+    """What a training callback is shown (see :func:`train`'s ``callbacks``).
+
+    Attributes:
+        kind: ``"step"`` (every ``callback.every`` optimizer steps) or ``"epoch"`` (after
+            each epoch's checkpoint is written).
+        model: the model being trained (unwrapped from DDP); a callback must leave its
+            weights, modes and buffers as it found them.
+        optimizer: the optimizer (its state, e.g. Adam's second moments, may be read).
+        step: optimizer steps taken so far over the whole run (a resumed run continues
+            the count).
+        epoch: epochs completed.
+        lr: the learning rate of the step just taken.
+        loss: that step's training loss (``step``), or the epoch's mean (``epoch``).
+        metrics: ``epoch`` only: ``test_loss``, ``test_acc``.
+    """
+
+    kind: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int
+    epoch: int
+    lr: float
+    loss: float
+    metrics: dict[str, Any]
+
+
+#: A training callback: called with a :class:`TrainEvent`; an attribute ``every`` (int,
+#: default 0 = at epoch ends only) asks for step events every that many steps.
+TrainCallback = Callable[[TrainEvent], None]
+
+
+def _notify(callbacks: Sequence[TrainCallback], event: TrainEvent, device: torch.device) -> None:
+    """Call each callback in a forked RNG state, so whatever a callback draws (probe
+    vectors, noise) leaves training's random stream -- dropout, drop path -- as it was:
+    a run with callbacks trains the same weights as one without."""
+    devices = [device] if device.type == "cuda" else []
+    for cb in callbacks:
+        with torch.random.fork_rng(devices=devices):
+            cb(event)
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """Outcome of :func:`train`: where the checkpoint is and the final metrics."""
 
@@ -169,6 +212,7 @@ def train(
     progress: bool = True,
     same_as: Sequence[str] = (),
     overwrite: bool = False,
+    callbacks: Sequence[TrainCallback] = (),
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write ``out_dir/last.pt`` after every epoch.
 
@@ -180,6 +224,11 @@ def train(
     its own settings. Without ``resume`` an existing run in ``out_dir`` is never replaced,
     unless ``overwrite``: then the run starts afresh and each of its checkpoints replaces
     the old one atomically when it is written (until then the old run stays whole).
+
+    ``callbacks`` (training never imports what they measure): each is called with a
+    :class:`TrainEvent` after every ``callback.every``-th optimizer step (counted over the
+    run, so a resumed run continues at the next multiple) and after each epoch's
+    checkpoint, in a forked RNG state (training's randomness is not consumed).
 
     Raises:
         CheckpointError: ``out_dir`` is a file, or holds a run and ``resume`` is off.
@@ -315,6 +364,11 @@ def train(
                 seen += len(idx) * world
                 step += 1
                 bar.update(1)
+                due = [c for c in callbacks if getattr(c, "every", 0) and
+                       step % int(c.every) == 0]
+                if due:
+                    _notify(due, TrainEvent("step", model, optimizer, step, epoch,
+                                            cfg.lr * f, float(loss.item()), {}), device)
             train_loss = run_loss / max(run_n, 1)
             test_loss, test_acc = evaluate(model, x_test, y_test, device)
             if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
@@ -355,6 +409,11 @@ def train(
                 if cfg.save_best and test_acc > best:
                     save_checkpoint(out_dir / "best.pt", model, **kw)
             best = max(best, test_acc)
+            if callbacks:
+                _notify(callbacks, TrainEvent("epoch", model, optimizer, step, epoch + 1,
+                                              cfg.lr * f, train_loss,
+                                              {"test_loss": test_loss, "test_acc": test_acc}),
+                        device)
             distributed.barrier()
     finally:
         bar.close()
