@@ -132,3 +132,16 @@ def test_analyze_measures_l_train_l_noise_and_adaptive_sharpness(ck_path, capsys
     rc, _, err = _run(capsys, ["analyze", ck_path, "--measure", "sharpness",
                                "--sharpness-p", "1", "--out", tmp_path / "r2.h5"])
     assert rc == 2 and "--sharpness-p must be 2 or inf" in err
+
+
+def test_model_and_weights_without_a_checkpoint(ck_path, capsys):
+    # like every analysis command, sharpness takes --model SPEC --weights FILE --data
+    ck = load_checkpoint(ck_path)
+    spec = ck.model_name
+    rc, out, err = _run(capsys, ["sharpness", "--model", spec, "--weights",
+                                 ck_path.parent / "w.pt", "--data", "digits", "--kind", "sam",
+                                 "--samples", "64", "--m", "32", "--json"])
+    assert rc == 0, err
+    x, y = ck.analysis_data("train", 64)
+    want = sharpness(ck.model, x, y, kind="sam", m=32).blocks["whole"].value
+    assert json.loads(out)["blocks"]["whole"]["value"] == pytest.approx(want, rel=1e-6)
