@@ -193,6 +193,11 @@ def test_checkpoints_join_the_trained_runs_and_their_labels(imported: Path, tmp_
     clash = ENTRIES.replace('"net"', '"resnet-tiny"')
     with pytest.raises(SpecError, match="two runs are named 'resnet-tiny-vanilla-s0'"):
         load_study_config(_study_file(tmp_path, clash, head))
+    # labels differing only in case would share files on a case-insensitive file system
+    case = ENTRIES.replace('model = "net"\noptimizer = "sam"',
+                           'model = "NET"\noptimizer = "vanilla"')
+    with pytest.raises(SpecError, match="differs only in case"):
+        load_study_config(_study_file(tmp_path, case, head))
 
 
 @pytest.mark.parametrize("entry, match", [

@@ -442,13 +442,16 @@ class StudyConfig:
              f"{', '.join(sorted(names - _RESERVED_TRAIN))}")
         self._check_sample_counts()
         # validate every TrainConfig now, not halfway through a study
-        seen: dict[str, str] = {}
+        seen: dict[str, tuple[str, str]] = {}
         for r in self.runs():
             where = str(r.checkpoint) if r.external else "the trained runs"
-            need(r.name not in seen, f"two runs are named {r.name!r} ({seen.get(r.name)} and "
-                 f"{where}); give the [[checkpoints]] entries other model, optimizer or "
-                 "seed labels")
-            seen[r.name] = where
+            key = r.name.lower()  # one file on a case-insensitive file system
+            first = seen.get(key)
+            need(first is None, f"two runs are named {r.name!r} ({first[1] if first else ''}"
+                 f" and {where})" + (f" (also {first[0]!r}, which differs only in case)"
+                                     if first and first[0] != r.name else "")
+                 + "; give the [[checkpoints]] entries other model, optimizer or seed labels")
+            seen[key] = (r.name, where)
 
     def _check_sample_counts(self) -> None:
         """Sample counts no larger than the splits they are drawn from (when the source's
