@@ -63,6 +63,7 @@ from ._h5 import (
     now_utc,
     open_h5,
     register_format,
+    set_checkpoint_attrs,
     set_json_attr,
     set_provenance,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "probe_writable",
     "read_json",
     "register_format",
+    "set_checkpoint_attrs",
     "set_json_attr",
     "set_provenance",
     "write_error",

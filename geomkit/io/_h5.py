@@ -359,6 +359,17 @@ def set_provenance(node: Any, extra: Mapping[str, Any] | None = None) -> dict[st
     return prov
 
 
+def set_checkpoint_attrs(node: Any, checkpoint: Any) -> None:
+    """A result file's identity of the checkpoint it measured: ``checkpoint_path``,
+    ``checkpoint_sha256``, ``label``, ``model``, ``config`` and ``data_spec`` (JSON)."""
+    node.attrs["checkpoint_path"] = str(checkpoint.path)
+    node.attrs["checkpoint_sha256"] = checkpoint.sha256()
+    node.attrs["label"] = str(checkpoint.label)
+    node.attrs["model"] = str(checkpoint.model_name)
+    set_json_attr(node, "config", checkpoint.config)
+    set_json_attr(node, "data_spec", checkpoint.data_spec.to_dict())
+
+
 def get_provenance(node: Any) -> dict[str, Any]:
     """The ``provenance`` JSON attribute ({} if absent)."""
     v = get_json_attr(node, "provenance", {})

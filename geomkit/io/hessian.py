@@ -38,6 +38,7 @@ from . import (
     get_provenance,
     now_utc,
     open_h5,
+    set_checkpoint_attrs,
     set_json_attr,
     set_provenance,
 )
@@ -146,12 +147,7 @@ def save_hessian(path: str | Path, result: Any, *, checkpoint: Any = None,
         f.attrs["created"] = now_utc()
         set_provenance(f)
         if checkpoint is not None:
-            f.attrs["checkpoint_path"] = str(checkpoint.path)
-            f.attrs["checkpoint_sha256"] = checkpoint.sha256()
-            f.attrs["label"] = str(checkpoint.label)
-            f.attrs["model"] = str(checkpoint.model_name)
-            set_json_attr(f, "config", checkpoint.config)
-            set_json_attr(f, "data_spec", checkpoint.data_spec.to_dict())
+            set_checkpoint_attrs(f, checkpoint)
         set_json_attr(f, "settings", rec["settings"])
         f.attrs["samples"] = rec["samples"]
         f.attrs["strategy"] = str(rec["strategy"])

@@ -3,7 +3,8 @@
 Layout (format ``geomkit-sharpness/1``; every file opens in plain h5py)::
 
     /                  attrs: format, created, provenance (JSON), checkpoint_path,
-                              checkpoint_sha256, label, model, data_spec (JSON),
+                              checkpoint_sha256, label, model, config (JSON),
+                              data_spec (JSON),
                               settings (JSON: kind, rho, p, adaptive, m, ...), n_samples,
                               n_batches, done (last: only a finished file has it)
     /blocks/<block>/   attrs: value, stderr, loss, perturbed_loss, radius, n_params,
@@ -29,6 +30,7 @@ from . import (
     get_provenance,
     now_utc,
     open_h5,
+    set_checkpoint_attrs,
     set_json_attr,
     set_provenance,
 )
@@ -79,11 +81,7 @@ def save_sharpness(path: str | Path, result: Any, *, checkpoint: Any = None,
         f.attrs["created"] = now_utc()
         set_provenance(f)
         if checkpoint is not None:
-            f.attrs["checkpoint_path"] = str(checkpoint.path)
-            f.attrs["checkpoint_sha256"] = checkpoint.sha256()
-            f.attrs["label"] = str(checkpoint.label)
-            f.attrs["model"] = str(checkpoint.model_name)
-            set_json_attr(f, "data_spec", checkpoint.data_spec.to_dict())
+            set_checkpoint_attrs(f, checkpoint)
         set_json_attr(f, "settings", rec["settings"])
         f.attrs["n_samples"] = rec["n_samples"]
         f.attrs["n_batches"] = rec["n_batches"]
@@ -113,7 +111,7 @@ def load_sharpness(path: str | Path) -> dict[str, Any]:
             raise ResultFileError(f"{path} is an unfinished sharpness file; run the command "
                                   "again")
         out: dict[str, Any] = {k: attr(f, k) for k in f.attrs}
-        for k in ("data_spec", "settings"):
+        for k in ("config", "data_spec", "settings"):
             out[k] = get_json_attr(f, k, {})
         out["provenance"] = get_provenance(f)
         out["blocks"] = {}
