@@ -192,3 +192,32 @@ def add_option_flags(p: argparse.ArgumentParser, fields: dict[str, Any]) -> None
         p.add_argument(option_flag(f), dest=name, type=typ, default=default,
                        metavar=f.metadata.get("metavar"),
                        help=f"{f.metadata.get('help', '')} (default {shown})")
+
+
+def user_blocks(texts: list[str]) -> dict[str, str]:
+    """``--block NAME=REGEX`` flags as ``{name: regex}`` (a name given twice refused)."""
+    from geomkit.errors import SpecError
+    from geomkit.geometry.blocks import parse_block_arg
+
+    regex: dict[str, str] = {}
+    for text in texts:
+        name, pattern = parse_block_arg(text)
+        if name in regex:
+            raise SpecError(f"user block {name!r} given twice")
+        regex[name] = pattern
+    return regex
+
+
+def check_h5_out(out: str | None, check: Any) -> None:
+    """Before any work: ``--out`` names an .h5 file that ``check`` (the writer's own
+    ``check_*_out``: never replace another kind of geomkit file) accepts, in a directory
+    that can be written."""
+    if not out:
+        return
+    from geomkit.errors import SpecError
+    from geomkit.io import probe_writable
+
+    if not out.endswith((".h5", ".hdf5")):
+        raise SpecError(f"--out must name an .h5 file, got {out!r}")
+    check(out)
+    probe_writable(out)

@@ -10,15 +10,16 @@ from cli._common import (
     add_device_flag,
     add_json_flag,
     add_loss_flags,
+    check_h5_out,
     loss_of,
     nonneg_float,
     positive_int,
     print_json,
     print_table,
+    user_blocks,
 )
 from cli._source import add_source_flags, checkpoints
 from geomkit.device import resolve_device
-from geomkit.errors import SpecError
 
 ORDER = 30
 
@@ -93,23 +94,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from geomkit.checkpoint import load_checkpoint
-    from geomkit.geometry.blocks import parse_block_arg, resolve_blocks
+    from geomkit.geometry.blocks import resolve_blocks
     from geomkit.geometry.hessian import hessian_eigs
     from geomkit.geometry.spectrum import hutchinson_trace, spectral_density
-    from geomkit.io import probe_writable
     from geomkit.io.hessian import check_hessian_out, hessian_record, save_hessian
 
-    regex: dict[str, str] = {}
-    for text in args.block:
-        name, pattern = parse_block_arg(text)
-        if name in regex:
-            raise SpecError(f"user block {name!r} given twice")
-        regex[name] = pattern
-    if args.out and not args.out.endswith((".h5", ".hdf5")):
-        raise SpecError(f"--out must name an .h5 file, got {args.out!r}")
-    if args.out:  # before any work: never replace a results file, a landscape, ...
-        check_hessian_out(args.out)
-        probe_writable(args.out)  # ... nor compute for a directory it cannot write
+    regex = user_blocks(args.block)
+    check_h5_out(args.out, check_hessian_out)  # never replace a results file, a landscape
     ck = load_checkpoint(checkpoints(args, args.ckpt)[0])
     model = ck.model
     blocks = args.blocks

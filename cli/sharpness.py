@@ -11,12 +11,14 @@ from cli._common import (
     add_device_flag,
     add_json_flag,
     add_loss_flags,
+    check_h5_out,
     loss_of,
     positive_float,
     positive_int,
     print_json,
     print_table,
     seed_int,
+    user_blocks,
 )
 from cli._source import add_source_flags, checkpoints
 from geomkit.device import resolve_device
@@ -91,25 +93,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from geomkit.checkpoint import load_checkpoint
-    from geomkit.geometry.blocks import parse_block_arg, resolve_blocks
+    from geomkit.geometry.blocks import resolve_blocks
     from geomkit.geometry.sharpness import sharpness
-    from geomkit.io import probe_writable
     from geomkit.io.sharpness import check_sharpness_out, save_sharpness, sharpness_record
 
-    regex: dict[str, str] = {}
-    for text in args.block:
-        name, pattern = parse_block_arg(text)
-        if name in regex:
-            raise SpecError(f"user block {name!r} given twice")
-        regex[name] = pattern
+    regex = user_blocks(args.block)
     if args.m > args.samples:
         raise SpecError(f"--m {args.m} exceeds --samples {args.samples}: m-sharpness needs at "
                         "least one batch of m examples")
-    if args.out and not args.out.endswith((".h5", ".hdf5")):
-        raise SpecError(f"--out must name an .h5 file, got {args.out!r}")
-    if args.out:  # before any work: never replace another kind of file
-        check_sharpness_out(args.out)
-        probe_writable(args.out)
+    check_h5_out(args.out, check_sharpness_out)
     ck = load_checkpoint(checkpoints(args, args.ckpt)[0])
     model = ck.model
     resolve_blocks(model, args.blocks, regex)  # bad names fail before any data is read
