@@ -42,6 +42,7 @@ from geomkit.geometry.lanczos import (  # noqa: E402
     error_bounds,
     start_vector,
 )
+from tests.geometry.test_lanczos import _clustered  # noqa: E402
 
 
 def record(model, x, y, steps: int, seed: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -94,17 +95,7 @@ def stop_step(tr, tol: float, rule: str) -> int:
 RULES = ("gain10", "gain100", "gain1000", "gaininf", "change")
 
 
-# -- the clustered spectra of tests/geometry/test_lanczos.py ---------------------------------
-
-def clustered(g: float, seed: int, n: int = 300) -> torch.Tensor:
-    """Top pair 1 and 1 − g, eight outliers in [0.2, 0.9], a bulk near 0 (as the test)."""
-    gen = torch.Generator().manual_seed(seed)
-    d = torch.cat([torch.tensor([1.0, 1.0 - g], dtype=torch.float64),
-                   torch.rand(8, generator=gen, dtype=torch.float64) * 0.7 + 0.2,
-                   torch.rand(n - 10, generator=gen, dtype=torch.float64) * 0.1 - 0.05])
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-    return (Q * d) @ Q.T
-
+# -- the clustered spectra of tests/geometry/test_lanczos.py (the same matrices) -------------
 
 def candidate_stop(tr, tol: float, rule: str, resolved: float = 0.02) -> int:
     """Cheaper rules than geomkit's: ``change`` alone, ``aitken`` (the change and its
@@ -139,7 +130,7 @@ def clustered_table(tol: float = 1e-4, steps: int = 120) -> list[str]:
     traces = []
     for g in (1e-2, 3e-3, 1e-3):
         for s in range(5):
-            A = clustered(g, s)
+            A = _clustered(g, s)
             run = LanczosRun(start_vector(300, s, torch.float64), tol=0.0, max_iter=steps)
             while not run.done:
                 run.feed(A @ run.query)
