@@ -10,12 +10,14 @@ one-line message on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import pkgutil
 import re
 import sys
+from typing import Any
 
 import cli
 from geomkit import __version__
@@ -99,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        quiet: Any = contextlib.nullcontext()
         if getattr(args, "no_progress", False) or getattr(args, "json", False):
-            # the image-folder decoding bar too, wherever a measurement decodes
+            # the image-folder decoding bar too, wherever a measurement decodes (imported
+            # here: `geomkit --help` does not load torch)
             from geomkit.data.imagefolder import decode_progress
 
-            with decode_progress(False):
-                rc = int(args.func(args) or 0)
-        else:
+            quiet = decode_progress(False)
+        with quiet:
             rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a full or closed stdout fails here, not at interpreter exit
         return rc

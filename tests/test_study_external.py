@@ -93,7 +93,7 @@ model = "net"
 optimizer = "sam"
 seed = 1
 """
-    study = _study_file(tmp_path, extra.replace("[analysis]", "[analysis]"))
+    study = _study_file(tmp_path, extra)
     cfg = load_study_config(study)
     cfg = cfg.replace(analysis=cfg.analysis.__class__.from_dict(
         {**cfg.analysis.to_dict(), "measure": ["params"], "density_samples": 0}))
