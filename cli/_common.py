@@ -26,6 +26,15 @@ def positive_int(text: str) -> int:
     return _parsed(text, int, lambda v: v > 0, "a positive integer")
 
 
+def nonneg_int(text: str) -> int:
+    return _parsed(text, int, lambda v: v >= 0, "a non-negative integer")
+
+
+def unit_float(text: str) -> float:
+    """A number strictly between 0 and 1 (a relative tolerance)."""
+    return _parsed(text, float, lambda v: 0 < v < 1, "a number between 0 and 1")
+
+
 def nonneg_float(text: str) -> float:
     return _parsed(text, float, lambda v: math.isfinite(v) and v >= 0,
                    "a non-negative number")

@@ -169,6 +169,8 @@ def hessian_eigs(
     return_vectors: bool = False,
     memory_budget: int | None = None,
     batched: bool = False,
+    start: dict[str, torch.Tensor] | None = None,
+    scale: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
 ) -> HessianResult:
     """λ_max, top-k and optionally λ_min of each diagonal Hessian block H_BB.
@@ -198,6 +200,13 @@ def hessian_eigs(
         batched: the lockstep blocks' products in one vmapped backward
             (:class:`~geomkit.geometry.hvp.HessianOperator`); off by default (slower on
             CPU).
+        start: block → start vector (length ``n_params``, the block's parameter order, e.g.
+            a previous run's ``vectors[0]``: a warm start); blocks not named start from the
+            seeded Gaussian.
+        scale: block → positive vector s: the eigenvalues are those of
+            diag(s) H_BB diag(s) instead of H_BB -- with s = p^(-1/2) those of the
+            preconditioned P⁻¹H_BB, P = diag(p) (similar matrices); ``vectors`` are then
+            the eigenvectors of diag(s) H_BB diag(s).
         progress: show a tqdm bar of Lanczos steps on stderr.
 
     Returns:
@@ -234,8 +243,14 @@ def hessian_eigs(
                          label_smoothing=label_smoothing, batch_size=batch_size,
                          strategy=strategy, bn=bn, dtype=dtype, device=device,
                          memory_budget=memory_budget, batched=batched)
+    starts = _block_vectors(start, op.dims, op.dtype, op.device, "start")
+    scales = _block_vectors(scale, op.dims, op.dtype, op.device, "scale")
+    for b, s in scales.items():
+        if not bool(torch.all(s > 0)) or not bool(torch.all(torch.isfinite(s))):
+            raise SpecError(f"scale of block {b!r} must be positive and finite", param="scale")
     runs = {
-        b: LanczosRun(start_vector(op.dims[b], seed, op.dtype, op.device), top_k=top_k,
+        b: LanczosRun(starts[b] if b in starts else
+                      start_vector(op.dims[b], seed, op.dtype, op.device), top_k=top_k,
                       smallest=smallest, tol=tol, max_iter=max_iter)
         for b in resolved
     }
@@ -250,9 +265,10 @@ def hessian_eigs(
                     break
                 bar.set_description(",".join(active) if len(active) < 4 else "lanczos")
                 t1 = time.perf_counter()
-                outs = op.matvecs([(b, runs[b].query) for b in active])
+                outs = op.matvecs([(b, runs[b].query * scales[b] if b in scales
+                                    else runs[b].query) for b in active])
                 for b, w in zip(active, outs, strict=True):
-                    runs[b].feed(w)
+                    runs[b].feed(w * scales[b] if b in scales else w)
                 dt = (time.perf_counter() - t1) / len(active)
                 for b in active:
                     spent[b] += dt
@@ -286,6 +302,25 @@ def hessian_eigs(
         device=str(op.device), seed=seed, tol=tol, max_iter=max_iter, top_k=top_k,
         graph_bytes=op.graph_bytes, seconds=time.perf_counter() - t0,
     )
+
+
+def _block_vectors(given: dict[str, torch.Tensor] | None, dims: dict[str, int],
+                   dtype: torch.dtype, device: torch.device, what: str) -> dict[str, torch.Tensor]:
+    """``given`` (block → flat vector) checked against the blocks' sizes and converted."""
+    out: dict[str, torch.Tensor] = {}
+    for b, v in (given or {}).items():
+        if b not in dims:
+            raise SpecError(f"{what} names block {b!r}, which is not measured; blocks: "
+                            f"{', '.join(dims)}", param=what)
+        v = torch.as_tensor(v).detach().reshape(-1)
+        if v.numel() != dims[b]:
+            raise SpecError(f"{what} of block {b!r} has {v.numel()} entries, the block "
+                            f"{dims[b]} parameters", param=what)
+        v = v.to(device=device, dtype=dtype)
+        if what == "start" and not (bool(torch.all(torch.isfinite(v))) and bool(v.any())):
+            raise SpecError(f"start vector of block {b!r} is zero or not finite", param=what)
+        out[b] = v
+    return out
 
 
 def lambda_max(model: nn.Module, data: Any, targets: torch.Tensor | None = None,

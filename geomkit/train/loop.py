@@ -54,6 +54,11 @@ class TrainEvent:
         lr: the learning rate of the step just taken.
         loss: that step's training loss (``step``), or the epoch's mean (``epoch``).
         metrics: ``epoch`` only: ``test_loss``, ``test_acc``.
+        perturbed_loss: SAM/ASAM ``step`` events: the step's mini-batch loss at the
+            perturbed weights w + ε (so ``perturbed_loss - loss`` is the sharpness SAM
+            measured for free, in training mode); NaN otherwise.
+        config: the run's resolved configuration (:meth:`TrainConfig.to_dict`, with the
+            model's constructor arguments): what a callback needs to load the run's data.
     """
 
     kind: str
@@ -64,6 +69,8 @@ class TrainEvent:
     lr: float
     loss: float
     metrics: dict[str, Any]
+    perturbed_loss: float = math.nan
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 #: A training callback: called with a :class:`TrainEvent`; an attribute ``every`` (int,
@@ -307,6 +314,7 @@ def train(
         if cfg.bf16 and device.type == "cuda"
         else nullcontext()
     )
+    run_config = cfg.to_dict() | {"model_kwargs": kwargs}
     history: list[dict[str, Any]] = list(prior_metrics.get("history", []))
     step = start_epoch * steps_per_epoch
     t0 = time.perf_counter()
@@ -367,8 +375,11 @@ def train(
                 due = [c for c in callbacks if getattr(c, "every", 0) and
                        step % int(c.every) == 0]
                 if due:
+                    pl = getattr(optimizer, "perturbed_loss", None) if cfg.is_sam else None
                     _notify(due, TrainEvent("step", model, optimizer, step, epoch,
-                                            cfg.lr * f, float(loss.item()), {}), device)
+                                            cfg.lr * f, float(loss.item()), {},
+                                            math.nan if pl is None else float(pl),
+                                            run_config), device)
             train_loss = run_loss / max(run_n, 1)
             test_loss, test_acc = evaluate(model, x_test, y_test, device)
             if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
@@ -398,7 +409,7 @@ def train(
             }
             if distributed.is_main():
                 kw = dict(
-                    config=cfg.to_dict() | {"model_kwargs": kwargs},
+                    config=run_config,
                     data_spec=spec,
                     optimizer=optimizer,
                     step=step,
@@ -412,8 +423,8 @@ def train(
             if callbacks:
                 _notify(callbacks, TrainEvent("epoch", model, optimizer, step, epoch + 1,
                                               cfg.lr * f, train_loss,
-                                              {"test_loss": test_loss, "test_acc": test_acc}),
-                        device)
+                                              {"test_loss": test_loss, "test_acc": test_acc},
+                                              config=run_config), device)
             distributed.barrier()
     finally:
         bar.close()

@@ -112,6 +112,9 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self._perturbed = False
+        #: the loss at w + ε of the last full update (:meth:`step`, :func:`sam_step`), detached;
+        #: minus that update's loss at w it is SAM's own sharpness estimate, for free.
+        self.perturbed_loss: torch.Tensor | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to SAM and to the base optimizer (both fill in their defaults)."""
@@ -209,10 +212,11 @@ class SAM(torch.optim.Optimizer):
         loss = closure()
         self.first_step(zero_grad=True)
         try:
-            closure()
+            perturbed = closure()
         except BaseException:
             self._restore()
             raise
+        self.perturbed_loss = perturbed.detach() if isinstance(perturbed, torch.Tensor) else None
         self.second_step()
         return loss
 
@@ -302,7 +306,8 @@ def sam_step(
     ``model.no_sync()`` under DDP, so :math:`\\epsilon` uses the worker-local gradient, as
     the paper's m-sharpness), :meth:`SAM.first_step`, second forward/backward with BatchNorm
     running statistics frozen (all-reduced under DDP), optional clipping of that gradient to
-    ``max_grad_norm``, :meth:`SAM.second_step`.
+    ``max_grad_norm``, :meth:`SAM.second_step`. The loss at w + ε is kept in
+    ``optimizer.perturbed_loss``.
     """
     optimizer.zero_grad(set_to_none=True)
     no_sync = getattr(model, "no_sync", None)
@@ -312,10 +317,12 @@ def sam_step(
     optimizer.first_step(zero_grad=True)
     try:
         with frozen_running_stats(model):
-            loss_fn().backward()
+            perturbed = loss_fn()
+            perturbed.backward()
     except BaseException:
         optimizer._restore()
         raise
+    optimizer.perturbed_loss = perturbed.detach()
     if max_grad_norm is not None:
         optimizer.clip_grad_norm_(max_norm=max_grad_norm)
     optimizer.second_step(zero_grad=True)
