@@ -8,12 +8,15 @@ from cli._common import (
     add_device_flag,
     add_json_flag,
     nonneg_float,
+    nonneg_int,
     positive_int,
     print_json,
     print_table,
     seed_int,
+    unit_float,
 )
 from geomkit.data import list_sources
+from geomkit.geometry.track import DEFAULT_EVERY
 from geomkit.train import TrainConfig, train
 from geomkit.train.config import OPTIMIZERS, SCHEDULES
 
@@ -92,6 +95,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="extra model constructor argument (repeatable), e.g. depth=6",
     )
+    t = p.add_argument_group(
+        "geometry during training",
+        "--track writes OUT/track.h5: every K steps the whole model's lambda_max on the "
+        "first --track-samples training examples (eval mode, Lanczos warm-started from the "
+        "previous step), the edge-of-stability line (2+2*momentum)/lr for SGD, the "
+        "preconditioned lambda_max(P^-1 H) and (2+2*beta1)/((1-beta1)*lr) for Adam/AdamW, "
+        "SAM's free sharpness L(w+e)-L(w), train and test loss and accuracy; --resume "
+        "continues the series. Draw it with `geomkit plot OUT/track.h5`.")
+    t.add_argument("--track", action="store_true",
+                   help="track geometry every --track-every steps (default K: see --track-every)")
+    t.add_argument("--track-every", type=positive_int, default=None, metavar="K",
+                   help="track every K optimizer steps (implies --track; default "
+                   f"{DEFAULT_EVERY}, about 10%% of the training time of the quick study)")
+    t.add_argument("--track-samples", type=positive_int, default=256, metavar="N",
+                   help="probe set: the first N training examples (default 256)")
+    t.add_argument("--track-test-samples", type=nonneg_int, default=256, metavar="N",
+                   help="test loss/accuracy on the first N test examples (0: all; default 256)")
+    t.add_argument("--track-blocks", default=None, metavar="B1,B2",
+                   help="also lambda_max of these Hessian blocks (e.g. paper), every K steps")
+    t.add_argument("--track-tol", type=unit_float, default=1e-3, metavar="TOL",
+                   help="Lanczos relative tolerance of the tracked lambda_max (default 1e-3)")
+    t.add_argument("--snapshot-every", type=positive_int, default=None, metavar="E",
+                   help="keep the weights every E epochs in OUT/snapshots.h5 (for "
+                   "`geomkit landscape --dir pca --trajectory OUT`)")
     p.add_argument("--out", required=True, help="run directory (OUT/last.pt)")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -120,6 +147,31 @@ def _model_args(items: list[str]) -> dict:
         if key in _FROM_DATA:
             raise SpecError(f"--model-arg {key} is set from the data ({_FROM_DATA[key]}); "
                             "a model built for another shape than its inputs cannot train")
+    return out
+
+
+def _callbacks(args: argparse.Namespace) -> list:
+    """The tracker and snapshot writer the flags ask for (checked before training)."""
+    from pathlib import Path
+
+    out: list = []
+    if args.track or args.track_every is not None:
+        from geomkit.geometry.track import SharpnessTracker
+
+        blocks = [b for b in (args.track_blocks or "").split(",") if b.strip()]
+        out.append(SharpnessTracker(
+            args.track_samples, every=args.track_every or DEFAULT_EVERY,
+            test=args.track_test_samples, out=Path(args.out) / "track.h5",
+            blocks=[b.strip() for b in blocks], tol=args.track_tol,
+            progress=False))
+    elif args.track_blocks is not None:
+        from geomkit.errors import SpecError
+
+        raise SpecError("--track-blocks needs --track (or --track-every K)")
+    if args.snapshot_every is not None:
+        from geomkit.train.snapshots import SnapshotWriter
+
+        out.append(SnapshotWriter(args.out, args.snapshot_every))
     return out
 
 
@@ -174,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
     DataSpec.from_dict(cfg.data).check_memory("train")
     r = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
-              same_as=same_as)
+              same_as=same_as, callbacks=_callbacks(args))
     row = {
         "checkpoint": str(r.checkpoint),
         "test_acc": r.test_acc,
