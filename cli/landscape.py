@@ -30,7 +30,9 @@ ORDER = 50
 _GRID_LIKE = re.compile(r"^-(\d|\.\d|inf|nan)[\w.:+-]*$", re.IGNORECASE)
 
 _DIR_HELP = (
-    "direction(s): 'random' (seeded Gaussian, normalized by --norm/--ignore; default){hess} "
+    "direction(s): 'random' (seeded Gaussian, normalized by --norm/--ignore; default){hess}, "
+    "'pca' (the top-2 principal components of the weights along a training run, with "
+    "--trajectory; unit vectors, not filter normalized) "
     "or the path of a second checkpoint of the same architecture CKPT2: x is the straight "
     "line theta2 - theta (x=0 is CKPT, x=1 is CKPT2), 1-D unless --y is given, which adds a "
     "random normalized y direction"
@@ -63,34 +65,52 @@ def register(subparsers) -> None:
         "--x",
         default=None,
         metavar="MIN:MAX:NUM",
-        help="x grid (default -1:1:51; -0.5:1.5:41 for --dir CKPT2)",
+        help="x grid (default -1:1:51; -0.5:1.5:41 for --dir CKPT2; for --dir pca the "
+        "projected path and the checkpoint plus 20%% of their extent on each side, 51 points)",
     )
     p.add_argument(
         "--y",
         default=None,
         metavar="MIN:MAX:NUM",
         help="y grid, or 'none' for a 1-D line (default -1:1:51 for random/hessian "
-        "directions, none for --dir CKPT2)",
+        "directions, none for --dir CKPT2, the path's extent for --dir pca)",
     )
     p.add_argument(
         "--dir",
         default="random",
-        metavar="random|hessian|CKPT2" if hess else "random|CKPT2",
+        metavar="random|hessian|pca|CKPT2" if hess else "random|pca|CKPT2",
         help=_DIR_HELP.format(hess=hess),
     )
     p.add_argument(
+        "--trajectory",
+        default=None,
+        metavar="RUN_DIR",
+        help="with --dir pca: the run directory trained with `geomkit train "
+        "--snapshot-every E` (or its snapshots.h5); the file also stores each snapshot's "
+        "(a, b), distance from the plane, true loss and the surface's value there",
+    )
+    p.add_argument(
+        "--centered",
+        action="store_true",
+        help="with --dir pca: subtract the snapshots' mean difference before the PCA "
+        "(sklearn's PCA, as the reference projection.py); default: uncentered, the plane "
+        "through CKPT that fits the path best",
+    )
+    p.add_argument(
         "--norm",
-        default="filter",
+        default=None,
         choices=NORMS,
         help="direction normalization: filter (Li et al. 2018, per dim-0 slice; "
-        "default), layer (per tensor) or none (raw Gaussian, prone to NaN surfaces)",
+        "default), layer (per tensor) or none (raw Gaussian, prone to NaN surfaces); "
+        "PCA directions are never normalized",
     )
     p.add_argument(
         "--ignore",
         default="biasbn",
         choices=IGNORES,
         help="biasbn: zero the direction on 1-D parameters (biases, norm layers; "
-        "default); none: keep them, normalized as a whole",
+        "default; for pca: leave them out of the PCA); none: keep them, normalized as a "
+        "whole",
     )
     p.add_argument(
         "--samples",
@@ -148,13 +168,19 @@ def register(subparsers) -> None:
     m.set_defaults(func=run_merge)
 
 
-def _grid(args) -> tuple[tuple, tuple | None]:
+def _grid(args) -> tuple[tuple | None, tuple | str | None]:
+    """The grid asked for; for --dir pca an unset axis is None (x) / "auto" (y): the
+    library sizes it to the projected path."""
     from pathlib import Path
 
-    interp = args.dir not in ("random", "hessian") and Path(args.dir).exists()
-    x = parse_range(args.x, "--x") if args.x else ((-0.5, 1.5, 41) if interp else (-1.0, 1.0, 51))
+    pca = args.dir == "pca"
+    interp = args.dir not in ("random", "hessian", "pca") and Path(args.dir).exists()
+    if args.x:
+        x = parse_range(args.x, "--x")
+    else:
+        x = None if pca else ((-0.5, 1.5, 41) if interp else (-1.0, 1.0, 51))
     if args.y is None:
-        y = None if interp else (-1.0, 1.0, 51)
+        y = "auto" if pca else (None if interp else (-1.0, 1.0, 51))
     elif args.y.lower() == "none":
         y = None
     else:
@@ -172,7 +198,7 @@ def _summary(res) -> dict:
         center_acc = float(res.acc[j])
     else:
         center_acc = float(res.acc[int(np.argmin(np.abs(res.ycoordinates))), j])
-    return {
+    out = {
         "file": res.path,
         "x": a.get("x"),
         "y": a.get("y") or None,
@@ -195,6 +221,26 @@ def _summary(res) -> dict:
         "shard": a.get("shard"),
         "checkpoint_sha256": a.get("checkpoint_sha256"),
     }
+    if a.get("dir") == "pca":
+        out.update(_trajectory_summary(res))
+    return out
+
+
+def _trajectory_summary(res) -> dict:
+    from geomkit.plot import DISAGREE, read_trajectory
+
+    tr = read_trajectory(res.path)
+    if tr is None:
+        return {"trajectory": None}
+    gap = tr.disagreement()
+    return {
+        "explained_variance_ratio": [float(v) for v in tr.explained_variance_ratio],
+        "centered": tr.centered,
+        "snapshots": len(tr.a),
+        "max_distance_from_plane": float(np.max(tr.residual)),
+        "max_relative_loss_gap": float(np.nanmax(gap)) if np.isfinite(gap).any() else None,
+        "snapshots_off_surface": int(tr.disagrees(DISAGREE).sum()),
+    }
 
 
 def _render(summary: dict, as_json: bool) -> None:
@@ -204,7 +250,8 @@ def _render(summary: dict, as_json: bool) -> None:
     rows = [[k, v] for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))]
     print_table(
         ["field", "value"],
-        [[k, v if not isinstance(v, list) else "x".join(map(str, v))] for k, v in rows],
+        [[k, v if not isinstance(v, list) else ("x" if k == "shape" else ", ").join(
+            f"{u:.4g}" if isinstance(u, float) else str(u) for u in v)] for k, v in rows],
     )
 
 
@@ -216,7 +263,9 @@ def run(args: argparse.Namespace) -> int:
     x, y = _grid(args)
     shard = parse_shard(args.shard) if args.shard else None
     # the grid's cost is known before the checkpoint loads: refuse a huge one up front
-    check_grid(x, y, samples=args.samples, shards=shard[1] if shard else 1,
+    # (an axis sized to a trajectory later has the default 51 points)
+    check_grid(x or (-1.0, 1.0, 51), (-1.0, 1.0, 51) if y == "auto" else y,
+               samples=args.samples, shards=shard[1] if shard else 1,
                allow_large=args.allow_large)
     res = landscape_from_checkpoint(
         checkpoints(args, args.checkpoint)[0],
@@ -224,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         x=x,
         y=y,
         direction=args.dir,
-        norm=args.norm,
+        norm=args.norm or "filter",
         ignore=args.ignore,
         samples=args.samples,
         seed=args.seed,
@@ -234,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         loss=loss_of(args),
         progress=not args.no_progress,  # tqdm on stderr; stdout stays one table / JSON object
+        trajectory=args.trajectory,
+        centered=args.centered,
     )
     if distributed.is_main():
         _render(_summary(res), args.json)

@@ -1,4 +1,6 @@
-"""``geomkit plot``: figures (and ParaView files) from landscape HDF5 files."""
+"""``geomkit plot``: figures (and ParaView files) from landscape HDF5 files, and λ_max-vs-step
+figures from sharpness track files (``geomkit train --track``), told apart by their
+``format`` attribute."""
 
 from __future__ import annotations
 
@@ -17,13 +19,21 @@ ORDER = 51
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plot",
-        help="contour / heat map / 3-D surface / 1-D curve figures from landscape files",
+        help="contour / heat map / 3-D surface / 1-D curve figures from landscape files; "
+        "lambda_max vs step from track files",
         description="Draw one or more landscape files (from `geomkit landscape`) without "
         "recomputing anything. Several files go into one figure, side by side on one shared "
         "colour scale (six files: the 2x3 grid of Chen et al. 2022, Fig. 1). Writes "
-        "PREFIX_<kind>.png and .pdf; with --vtk also PREFIX_<file>.vts for ParaView.",
+        "PREFIX_<kind>.png and .pdf; with --vtk also PREFIX_<file>.vts for ParaView. A "
+        "trajectory-PCA file (`--dir pca`) gets its training path on the contour plots, "
+        "axes 'PC1 (x %%)', and red rings where a snapshot's true loss differs from the "
+        "surface under it by more than --disagree. Track files (RUN/track.h5 from "
+        "`geomkit train --track`) give PREFIX_track.png/.pdf: lambda_max (Adam: "
+        "lambda_max(P^-1 H)) against the step with the edge-of-stability threshold "
+        "dashed, all runs on one axis, and their train/test loss.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE.h5", help="landscape files")
+    p.add_argument("files", nargs="+", metavar="FILE.h5",
+                   help="landscape files, or track files (not both)")
     p.add_argument(
         "--kind",
         default="all",
@@ -33,7 +43,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--value", default="loss", choices=("loss", "acc"), help="what to draw (default loss)"
     )
-    p.add_argument("--log", action="store_true", help="log-scaled levels and colours")
+    p.add_argument("--log", action="store_true",
+                   help="log-scaled levels and colours (track files: log y axes)")
+    p.add_argument("--disagree", type=float, default=None, metavar="REL",
+                   help="PCA files: ring the snapshots whose true loss differs from the "
+                   "surface under them by more than REL of it (default 0.1 = 10%%)")
     p.add_argument("--vmin", type=float, default=None, help="lower end of the colour scale")
     p.add_argument(
         "--vmax",
@@ -105,12 +119,40 @@ def _vts_names(prefix: Path, files: list[str]) -> list[Path]:
     return names
 
 
+def _format_of(path: str) -> str | None:
+    """The ``format`` tag of an existing HDF5 file (None if unreadable: the landscape
+    reader then says what is wrong with it)."""
+    from geomkit.errors import GeomkitError
+    from geomkit.io import file_format, open_h5
+
+    if path == "-" or not Path(path).is_file():
+        return None
+    try:
+        with open_h5(path, "r") as f:
+            return file_format(f)
+    except GeomkitError:
+        return None
+
+
+def _is_track(tag: str | None) -> bool:
+    return bool(tag) and str(tag).startswith("geomkit-track")
+
+
 def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     from geomkit import plot
     from geomkit.io.landscape import read_landscape  # no compute package for a plot
+
+    tags = [_format_of(f) for f in args.files]
+    if any(_is_track(t) for t in tags):
+        if not all(_is_track(t) for t in tags):
+            bad = next(f for f, t in zip(args.files, tags, strict=True) if not _is_track(t))
+            raise SpecError(f"{bad} is not a track file; plot track files and landscape "
+                            "files in separate commands")
+        return _run_track(args)
+    threshold = plot.DISAGREE if args.disagree is None else plot.check_threshold(args.disagree)
 
     # every option first: nothing is read or written for a wrong one
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -164,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
             vmin=args.vmin,
             vmax=args.vmax,
             num_levels=args.num_levels,
+            threshold=threshold,
         )
         paths = plot.save_figure(
             fig, prefix.with_name(f"{prefix.name}_{kind}"), formats=formats, dpi=args.dpi,
@@ -177,9 +220,62 @@ def run(args: argparse.Namespace) -> int:
                 written.append(
                     str(plot.export_vts(s, out, value=args.value, log=args.log, zmax=args.vmax))
                 )
+    paths = _trajectory_notes(args.files, surfs, threshold, kinds)
     if args.json:
         print_json({"files": written, "kinds": kinds, "inputs": list(args.files),
-                    "unfinished": unfinished})
+                    "unfinished": unfinished, "trajectories": paths})
+    else:
+        print_table(["written"], [[w] for w in written])
+    return 0
+
+
+def _trajectory_notes(files: list[str], surfs: list, threshold: float,
+                      kinds: list[str]) -> list[dict]:
+    """How many snapshots of each PCA file lie off the surface (a note on stderr each)."""
+    from geomkit import plot
+
+    out = []
+    for f, s in zip(files, surfs, strict=True):
+        tr = plot.read_trajectory(s)
+        if tr is None:
+            if s.attrs.get("dir") == "pca":
+                print(f"geomkit: note: {f} has no trajectory yet (the grid is unfinished, "
+                      "or a shard): rerun its `geomkit landscape` command once complete",
+                      file=sys.stderr)
+            continue
+        bad, outside = tr.disagrees(threshold), tr.outside()
+        rec = {"file": f, "snapshots": int(len(tr.a)), "disagree": int(bad.sum()),
+               "outside_grid": int(outside.sum()), "threshold": threshold,
+               "max_distance_from_plane": float(tr.residual.max()) if len(tr.a) else None,
+               "explained_variance_ratio": [float(v) for v in tr.explained_variance_ratio]}
+        out.append(rec)
+        drawn = any(k in ("contour", "contourf") for k in kinds)
+        print(f"geomkit: note: {f}: {rec['disagree']} of {rec['snapshots']} snapshots have a "
+              f"true loss more than {100 * threshold:g}% away from the surface under them"
+              + (" (ringed in red)" if drawn and rec["disagree"] else "")
+              + (f"; {rec['outside_grid']} lie outside the grid" if rec["outside_grid"] else "")
+              + f"; largest distance from the PCA plane {rec['max_distance_from_plane']:.3g}",
+              file=sys.stderr)
+    return out
+
+
+def _run_track(args: argparse.Namespace) -> int:
+    """λ_max vs step of one or more track files (``PREFIX_track.png``/``.pdf``)."""
+    from geomkit import plot
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    size = _size(args.size)
+    plot.check_options(size=size, formats=formats, dpi=args.dpi, figsize=(10.0, 3.4))
+    labels = args.titles.split(",") if args.titles else None
+    if labels is not None and len(labels) != len(args.files):
+        raise SpecError(f"--titles has {len(labels)} names for {len(args.files)} files")
+    fig = plot.plot_track(args.files, log=args.log, labels=labels)
+    prefix = _prefix(args)
+    paths = plot.save_figure(fig, prefix.with_name(f"{prefix.name}_track"), formats=formats,
+                             dpi=args.dpi, size=size)
+    written = [str(p) for p in paths]
+    if args.json:
+        print_json({"files": written, "kinds": ["track"], "inputs": list(args.files)})
     else:
         print_table(["written"], [[w] for w in written])
     return 0

@@ -19,6 +19,15 @@ Surfaces ``Z`` are shaped ``[len(y), len(x)]`` and drawn as
 colour map logarithmic.  :func:`plot_panel` draws several files in one figure on a
 shared colour scale (e.g. the 2x3 ResNet/ViT/Mixer x vanilla/SAM grid of Chen et al.
 2022, Fig. 1); :func:`save_figure` writes PNG and PDF at a requested pixel size.
+
+A trajectory-PCA surface (``geomkit landscape --dir pca``) carries its training path
+(:func:`read_trajectory`): :func:`plot_panel` overlays it on the contour kinds
+(:func:`plot_trajectory`: dots joined by a line, the final point a star, axes "PC1
+(x %)"), and rings in red every snapshot whose true loss differs from the surface under it
+by more than ``threshold`` (relative, default :data:`DISAGREE`) -- the snapshots lie off
+the PCA plane, so the contour under them is not their loss.  :func:`plot_track` draws
+sharpness-tracker files (``geomkit train --track``): λ_max against the step with its
+edge-of-stability threshold.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import math
 import numbers
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +49,8 @@ VALUES = {"loss": "loss", "acc": "acc", "train_loss": "loss", "train_acc": "acc"
 FORMATS = ("png", "pdf", "svg")
 #: the largest side of a written figure in pixels (beyond it matplotlib runs out of memory)
 MAX_PIXELS = 16384
+#: default relative gap |true loss - surface| / |surface| above which a snapshot is ringed
+DISAGREE = 0.1
 
 
 @dataclass(frozen=True)
@@ -478,18 +489,23 @@ def plot_panel(
     vmax: float | None = None,
     panel_size: tuple[float, float] = (3.2, 3.0),
     num_levels: int = 30,
+    trajectory: bool = True,
+    threshold: float = DISAGREE,
 ):
     """Several surfaces side by side in one Figure, on one shared colour scale.
 
     ``ncols`` defaults to 3 for six files (the paper's 2x3 grid), else up to 4 (never
     more than the files).  ``kind`` is one of ``contour``, ``contourf``, ``surface``,
     ``1d``; ``num_levels`` contour levels span the scale.  Every surface is checked
-    (:func:`check_drawable`) before anything is drawn.
+    (:func:`check_drawable`) before anything is drawn.  ``trajectory``: overlay the
+    training path of a trajectory-PCA file on the contour kinds (:func:`plot_trajectory`,
+    ringing gaps above ``threshold``).
     """
     from matplotlib.figure import Figure
 
     check_options(kind=kind, value=value, log=log, vmin=vmin, vmax=vmax, ncols=ncols,
                   panel_size=panel_size, num_levels=num_levels)
+    check_threshold(threshold)
     surfs = [_load(s) for s in surfaces]
     if not surfs:
         raise SpecError("no landscape files to plot")
@@ -519,6 +535,10 @@ def plot_panel(
             plot_contourf(surf, ax, value=value, log=log, scale=scale, colorbar=False)
         else:
             _DRAW[kind](surf, ax, value=value, log=log, scale=scale)
+        if trajectory and kind in ("contour", "contourf"):
+            tr = read_trajectory(surf)
+            if tr is not None:
+                plot_trajectory(tr, ax, threshold=threshold)
         ax.set_title(titles[k] if titles else _title(surf), fontsize=9)
         axes.append(ax)
     if kind in ("contour", "contourf"):
@@ -609,3 +629,208 @@ def export_vts(
         )
 
     return atomic_write(path, write, suffix=".vts")
+
+
+# -- trajectory-PCA surfaces: the training path on the contour -----------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory:
+    """The group ``trajectory`` of a PCA landscape file (one entry per snapshot).
+
+    ``a``, ``b``: coordinates in the plane; ``residual``: distance from it; ``distance``:
+    from the centre; ``true_loss``/``true_acc``: at the snapshot's own weights;
+    ``surface_loss``: the surface interpolated at ``(a, b)`` (NaN outside the grid).
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    residual: np.ndarray
+    distance: np.ndarray
+    true_loss: np.ndarray
+    true_acc: np.ndarray
+    surface_loss: np.ndarray
+    step: np.ndarray
+    epoch: np.ndarray
+    explained_variance_ratio: np.ndarray
+    centered: bool
+    attrs: dict = field(default_factory=dict)
+
+    def disagreement(self) -> np.ndarray:
+        """``|true_loss - surface_loss| / |surface_loss|`` (NaN where off the grid)."""
+        s = np.asarray(self.surface_loss, float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.abs(np.asarray(self.true_loss, float) - s) / np.maximum(np.abs(s), 1e-12)
+
+    def disagrees(self, threshold: float = DISAGREE) -> np.ndarray:
+        """Snapshots whose relative gap exceeds ``threshold`` (False off the grid)."""
+        gap = self.disagreement()
+        return np.isfinite(gap) & (gap > threshold)
+
+    def outside(self) -> np.ndarray:
+        """Snapshots with no surface value under them (off the grid)."""
+        return ~np.isfinite(np.asarray(self.surface_loss, float))
+
+
+def check_threshold(threshold: float) -> float:
+    """A relative disagreement threshold: a finite number >= 0."""
+    _number("threshold", threshold, minimum=0)
+    return float(threshold)
+
+
+def read_trajectory(surface) -> Trajectory | None:
+    """The training path stored in a PCA landscape file (a path or a
+    :class:`~geomkit.io.landscape.Landscape` read from one); None when it has none."""
+    from geomkit.io import attr, get_json_attr, open_h5
+
+    if isinstance(surface, (str, Path)):
+        path = surface
+    else:  # a surface in memory: only a PCA one read from its file has a path
+        path = getattr(surface, "path", None)
+        if getattr(surface, "attrs", {}).get("dir") != "pca" or path is None \
+                or not Path(path).is_file():
+            return None
+    with open_h5(path, "r") as f:
+        if "trajectory" not in f:
+            return None
+        g = f["trajectory"]
+        cols = {k: np.asarray(g[k][...]) for k in ("a", "b", "residual", "distance",
+                                                    "true_loss", "true_acc", "surface_loss",
+                                                    "step", "epoch") if k in g}
+        if "a" not in cols or "b" not in cols:
+            return None
+        n = len(cols["a"])
+        for k in ("residual", "distance", "true_loss", "true_acc", "surface_loss"):
+            cols.setdefault(k, np.full(n, np.nan))
+        for k in ("step", "epoch"):
+            cols.setdefault(k, np.arange(n))
+        evr = np.asarray(g.attrs.get("explained_variance_ratio", [np.nan, np.nan]), float)
+        attrs = {k: attr(g, k) for k in g.attrs if k != "included"}
+        attrs["included"] = get_json_attr(g, "included", [])
+        return Trajectory(**cols, explained_variance_ratio=evr,
+                          centered=bool(attr(g, "centered", False)), attrs=attrs)
+
+
+def pc_label(k: int, ratio: float) -> str:
+    """``PC1 (87.3 %)``: axis ``k`` (1-based) and its explained-variance ratio."""
+    return f"PC{k} ({100 * ratio:.1f} %)" if math.isfinite(ratio) else f"PC{k}"
+
+
+def plot_trajectory(trajectory: Trajectory, ax=None, *, threshold: float = DISAGREE,
+                    color: str = "black"):
+    """The path over a PCA surface already drawn on ``ax``: dots joined by a line, the
+    final snapshot a star, red rings where the true loss differs from the surface by more
+    than ``threshold`` (relative); the axes are labelled ``PC1 (x %)``/``PC2 (y %)`` and
+    keep the grid's limits (snapshots off the grid are not drawn)."""
+    check_threshold(threshold)
+    tr = trajectory
+    fig = None
+    if ax is None:
+        fig, ax = _new_figure()
+        keep = None
+    else:
+        keep = (ax.get_xlim(), ax.get_ylim()) if ax.has_data() else None
+    ax.plot(tr.a, tr.b, "-", color=color, linewidth=0.9, zorder=3)
+    ax.scatter(tr.a[:-1], tr.b[:-1], s=12, c="white", edgecolors=color, linewidths=0.7,
+               zorder=4)
+    ax.scatter(tr.a[-1:], tr.b[-1:], s=90, marker="*", c="gold", edgecolors=color,
+               linewidths=0.7, zorder=5, label="final")
+    bad = tr.disagrees(threshold)
+    if bad.any():
+        ax.scatter(tr.a[bad], tr.b[bad], s=70, facecolors="none", edgecolors="red",
+                   linewidths=1.3, zorder=6,
+                   label=f"|true - surface| > {100 * threshold:g} %")
+    r1, r2 = (list(tr.explained_variance_ratio) + [math.nan, math.nan])[:2]
+    ax.set_xlabel(pc_label(1, float(r1)))
+    ax.set_ylabel(pc_label(2, float(r2)))
+    if keep is not None:
+        ax.set_xlim(*keep[0])
+        ax.set_ylim(*keep[1])
+    ax.set_aspect("auto")  # PC2 spans far less than PC1: an equal aspect is a thin strip
+    return fig if fig is not None else ax
+
+
+# -- sharpness along training: track files ----------------------------------------------------
+
+_ADAM = ("adam", "adamw")
+
+
+def _load_track(track):
+    from geomkit.io.track import Track, read_track
+
+    return track if isinstance(track, Track) else read_track(track)
+
+
+def _finite(v) -> np.ndarray:
+    return np.isfinite(np.asarray(v, dtype=float))
+
+
+def track_series(track) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """``(what, step, lambda, threshold)`` drawn for a track: λ_max(P⁻¹H) and its
+    (2 + 2β₁)/((1 − β₁)η) line for Adam/AdamW, λ_max and (2 + 2β)/η otherwise."""
+    t = _load_track(track)
+    c = t.columns
+    adam = str(t.optimizer).lower() in _ADAM and _finite(c["precond_lambda_max"]).any()
+    if adam:
+        return "λ_max(P⁻¹H)", c["step"], c["precond_lambda_max"], c["precond_threshold"]
+    return "λ_max", c["step"], c["lambda_max"], c["threshold"]
+
+
+def plot_track(tracks: Sequence, *, log: bool = False, labels: Sequence[str] | None = None,
+               losses: bool = True, panel_size: tuple[float, float] = (5.0, 3.4)):
+    """λ_max against the optimizer step for one or more track files on one axis, each
+    with its edge-of-stability threshold dashed in the same colour (legend: the run's
+    label); ``losses`` adds a panel of train (solid) and test (dotted) loss.
+
+    Raises:
+        ResultFileError: a track with no finite λ_max to draw.
+    """
+    from matplotlib.figure import Figure
+
+    check_options(panel_size=panel_size)
+    ts = [_load_track(t) for t in tracks]
+    if not ts:
+        raise SpecError("no track files to plot")
+    if labels is not None and len(labels) != len(ts):
+        raise SpecError(f"labels has {len(labels)} names for {len(ts)} files", param="labels")
+    series = []
+    for t in ts:
+        what, step, lam, thr = track_series(t)
+        if not _finite(lam).any():
+            raise ResultFileError(f"{t.path}: no finite {what} in its {len(t)} rows; "
+                                  "nothing to plot")
+        series.append((what, step, lam, thr))
+    n = 2 if losses else 1
+    fig = Figure(figsize=(panel_size[0] * n, panel_size[1]), layout="constrained")
+    ax = fig.add_subplot(1, n, 1)
+    whats = []
+    for k, (t, (what, step, lam, thr)) in enumerate(zip(ts, series, strict=True)):
+        color = f"C{k % 10}"
+        name = labels[k] if labels else (t.label or Path(t.path).parent.name)
+        ok = _finite(lam)
+        ax.plot(step[ok], lam[ok], "-", marker=".", markersize=3, color=color,
+                label=f"{name} ({what})" if len({s[0] for s in series}) > 1 else name)
+        okt = _finite(thr)
+        if okt.any():
+            ax.plot(step[okt], thr[okt], "--", color=color, linewidth=1)
+        whats.append(what)
+    ax.set_xlabel("step")
+    ax.set_ylabel(" / ".join(dict.fromkeys(whats)))
+    if log:
+        ax.set_yscale("log")
+    ax.set_title("sharpness (dashed: edge-of-stability threshold)", fontsize=9)
+    ax.legend(fontsize=7)
+    if losses:
+        ax2 = fig.add_subplot(1, n, 2)
+        for k, t in enumerate(ts):
+            color = f"C{k % 10}"
+            c = t.columns
+            for col, style in (("train_loss", "-"), ("test_loss", ":")):
+                ok = _finite(c[col])
+                if ok.any():
+                    ax2.plot(c["step"][ok], c[col][ok], style, color=color)
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("loss (solid: train, dotted: test)")
+        if log:
+            ax2.set_yscale("log")
+    return fig

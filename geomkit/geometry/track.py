@@ -20,9 +20,9 @@ Every ``every`` optimizer steps :class:`SharpnessTracker` measures, on a fixed p
 
 Rows are kept in a track file (:mod:`geomkit.io.track`), rewritten atomically after each
 tracked step. A resumed run (``train(resume=True)`` after a kill) continues the same
-series: the first event after a resume drops every row at or after its own step (rows a
-killed process wrote after its last checkpoint; the resumed run recomputes them with the
-same weights), and the warm start continues from the vector of the last row kept
+series: its start event drops every row after the checkpoint's step (rows a killed
+process wrote after its last checkpoint; the resumed run recomputes them with the same
+weights), and the warm start continues from the vector of the last row kept
 (saved beside the file at every tracked step and at every epoch's end), so the series
 equals an uninterrupted run's.
 
@@ -273,8 +273,8 @@ class SharpnessTracker:
         self.meta = defaults | self.meta
 
     def _resume(self, step: int) -> None:
-        """First event: keep the stored rows before ``step`` and the warm vector of the
-        last of them (see the module docstring)."""
+        """The run (re)starts: keep the stored rows before ``step`` and the warm vector
+        of the last of them (see the module docstring)."""
         self._started = True
         if self.out is None or not self.out.exists():
             return
@@ -315,13 +315,17 @@ class SharpnessTracker:
 
     # ------------------------------------------------------------------ the callback
     def __call__(self, event: Any) -> None:
+        if event.kind == "start":  # the run (re)starts after `event.step` steps
+            self._bind(dict(getattr(event, "config", {}) or {}))
+            self._resume(event.step + 1)
+            return
         if event.kind == "epoch":
             if self._started:  # the epoch's checkpoint is written: keep its warm vector
                 self._save_warm(1)
             return
         if event.kind != "step":
             return
-        if not self._started:
+        if not self._started:  # a loop that sends no start event
             self._bind(dict(getattr(event, "config", {}) or {}))
             self._resume(event.step)
         self.rows.append(self.measure(event.model, event.optimizer, step=event.step,

@@ -43,8 +43,10 @@ class TrainEvent:
     """What a training callback is shown (see :func:`train`'s ``callbacks``).
 
     Attributes:
-        kind: ``"step"`` (every ``callback.every`` optimizer steps) or ``"epoch"`` (after
-            each epoch's checkpoint is written).
+        kind: ``"start"`` (once, before the first step of this process: the initial
+            weights of a fresh run, or a resumed run's checkpoint), ``"step"`` (every
+            ``callback.every`` optimizer steps) or ``"epoch"`` (after each epoch's
+            checkpoint is written).
         model: the model being trained (unwrapped from DDP); a callback must leave its
             weights, modes and buffers as it found them.
         optimizer: the optimizer (its state, e.g. Adam's second moments, may be read).
@@ -340,6 +342,10 @@ def train(
         return F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
 
     try:
+        if callbacks and start_epoch < cfg.epochs:  # the weights training starts from
+            _notify(callbacks, TrainEvent("start", model, optimizer, step, start_epoch,
+                                          cfg.lr * lr_factor(step, total, warmup, cfg.schedule),
+                                          train_loss, {}, config=run_config), device)
         for epoch in range(start_epoch, cfg.epochs):
             net.train()
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)

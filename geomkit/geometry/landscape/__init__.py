@@ -5,6 +5,8 @@
 * :mod:`.evaluate` -- ``L(a, b)`` and accuracy at ``theta + a d1 + b d2`` over a grid
   (in-place loop under ``torch.inference_mode``; weights restored exactly);
 * :mod:`.storage` -- resumable, shardable HDF5 files in the reference tool's layout;
+* :mod:`.trajectory` -- trajectory-PCA directions from training snapshots (Li et al.,
+  Sec. 7) and the path's projection, distance from the plane and true losses;
 * :mod:`.run` -- checkpoint path to file, as ``geomkit landscape`` does.
 
 Example (in memory)::
@@ -44,6 +46,14 @@ from .storage import (
     shard_indices,
     shard_path,
 )
+from .trajectory import (
+    TrajectoryPCA,
+    bilinear,
+    snapshot_losses,
+    trajectory_grid,
+    trajectory_pca,
+    write_trajectory,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -52,8 +62,10 @@ __all__ = [
     "Grid",
     "IGNORES",
     "Landscape",
+    "TrajectoryPCA",
     "NORMS",
     "auto_batch_size",
+    "bilinear",
     "compute_landscape",
     "cosine",
     "evaluate",
@@ -72,4 +84,8 @@ __all__ = [
     "read_landscape",
     "shard_indices",
     "shard_path",
+    "snapshot_losses",
+    "trajectory_grid",
+    "trajectory_pca",
+    "write_trajectory",
 ]
