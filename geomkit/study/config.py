@@ -34,6 +34,9 @@ file (YAML too when PyYAML happens to be installed; it is not a dependency)::
     [landscape]           # the Figure-1 surfaces (see LandscapeSettings)
     x = [-1.0, 1.0, 21]
 
+    [track]               # geometry during training (see TrackSettings)
+    every = 25
+
     [[checkpoints]]       # measured beside the trained runs, never trained (ExternalRun)
     path = "imported/vit-s16-sam.pt"
     model = "vit-s16"
@@ -174,6 +177,46 @@ class AnalysisSettings:
             raise SpecError(f"[analysis] options must be a table, got {options!r}")
         kw = {k: d.pop(k) for k in (*_DENSITY, "measure") if k in d}
         return cls(options={**options, **d}, **kw)
+
+
+@dataclass(frozen=True)
+class TrackSettings:
+    """Geometry during training (``geomkit train --track``) for every trained run.
+
+    Attributes:
+        every: track λ_max every this many optimizer steps (0: no tracking); the report
+            draws "sharpness during training" from the runs' ``track.h5``.
+        samples: probe set, the first N training examples.
+        test_samples: test loss/accuracy on the first N test examples (0: all).
+        tol: Lanczos relative tolerance of the tracked λ_max.
+        snapshot_every: keep the weights every E epochs (``snapshots.h5``; 0: none), for
+            the report's trajectory landscapes (PCA of the path, Li et al. 2018 §7).
+        trajectory_grid: points per axis of those landscapes.
+    """
+
+    every: int = 0
+    samples: int = 128
+    test_samples: int = 256
+    tol: float = 1e-2
+    snapshot_every: int = 0
+    trajectory_grid: int = 21
+
+    def __post_init__(self) -> None:
+        for name, lo in (("every", 0), ("samples", 1), ("test_samples", 0),
+                         ("snapshot_every", 0), ("trajectory_grid", 2)):
+            v = getattr(self, name)
+            if not _is_int(v) or v < lo:
+                raise SpecError(f"[track] {name} must be an integer >= {lo}, got {v!r} "
+                                f"({_type_name(v)})")
+        if (isinstance(self.tol, bool) or not isinstance(self.tol, (int, float))
+                or not 0 < self.tol < 1):
+            raise SpecError(f"[track] tol must be a number in (0, 1), got {self.tol!r} "
+                            f"({_type_name(self.tol)})")
+        object.__setattr__(self, "tol", float(self.tol))
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0 or self.snapshot_every > 0
 
 
 @dataclass(frozen=True)
@@ -365,6 +408,7 @@ class StudyConfig:
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 30, "batch_size": 64})
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
+    track: TrackSettings = field(default_factory=TrackSettings)
     threads: int = 0
     origin: str = ""
     checkpoints: tuple[ExternalRun, ...] = ()
@@ -459,8 +503,11 @@ class StudyConfig:
         counts = {"train": [("[analysis] samples", self.analysis.samples),
                             ("[analysis] ntk_samples", self.analysis.ntk_samples),
                             ("[analysis] density_samples", self.analysis.density_samples),
-                            ("[landscape] samples", self.landscape.samples)],
-                  "test": [("[analysis] test_samples", self.analysis.test_samples)]}
+                            ("[landscape] samples", self.landscape.samples)]
+                 + ([("[track] samples", self.track.samples)] if self.track.every else []),
+                  "test": [("[analysis] test_samples", self.analysis.test_samples)]
+                 + ([("[track] test_samples", self.track.test_samples)]
+                    if self.track.every else [])}
         for split, items in counts.items():
             shape = self.data.replace(subset=1.0).split_shape(split)
             if shape is None:
@@ -596,7 +643,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
         raise SpecError(f"a study file must hold a table at the top, got {type(d).__name__}")
     top = {"name", "description", "models", "optimizers", "seeds", "rho", "lr", "vanilla",
            "model_kwargs", "data", "train", "analysis", "landscape", "subsets", "threads",
-           "origin", "checkpoints"}
+           "origin", "checkpoints", "track"}
     unknown = sorted(set(d) - top)
     if unknown:
         raise SpecError(f"unknown study key(s) {', '.join(unknown)}; "
@@ -614,6 +661,12 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
     if bad:
         raise SpecError(f"unknown [landscape] key(s) {', '.join(bad)}; "
                         f"valid: {', '.join(sorted(l_names))}")
+    track = _table(d, "track")
+    t_names = {f.name for f in dataclasses.fields(TrackSettings)}
+    bad = sorted(set(track) - t_names)
+    if bad:
+        raise SpecError(f"unknown [track] key(s) {', '.join(bad)}; "
+                        f"valid: {', '.join(sorted(t_names))}")
     train = {"epochs": 30, "batch_size": 64} | _table(d, "train")
     entries = d.get("checkpoints", [])
     if not isinstance(entries, list):
@@ -644,6 +697,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
             train=train,
             analysis=analysis,
             landscape=LandscapeSettings(**landscape),
+            track=TrackSettings(**track),
             threads=d.get("threads", 0),
             origin=str(source or d.get("origin", "")),
         )

@@ -139,3 +139,32 @@ def plot_subsets(rows: Sequence[dict[str, Any]]):
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
     return fig
+
+
+def plot_tracks(rows: Sequence[dict[str, Any]]):
+    """Sharpness during training: per model, λ_max against the step for each optimizer
+    (the preconditioned λ_max(P⁻¹H) for Adam/AdamW runs, as
+    :func:`geomkit.plot.track_series`), with its edge-of-stability line dashed; log
+    scale."""
+    from geomkit.io.track import read_track
+    from geomkit.plot import track_series
+
+    fig, panels = _panels(rows, lambda r: bool(r.get("track")), panel_size=(3.8, 3.0))
+    for ax, (model, rs) in panels:
+        whats = []
+        for r in rs:
+            what, step, lam, thr = track_series(read_track(r["track"]))
+            ok = np.isfinite(lam)
+            color = _color(r["optimizer"])
+            ax.plot(step[ok], lam[ok], "-", marker=".", markersize=3, color=color,
+                    label=r["optimizer"])
+            okt = np.isfinite(thr) & np.isfinite(lam)
+            if okt.any():
+                ax.plot(step[okt], thr[okt], "--", color=color, linewidth=0.8)
+            whats.append(what)
+        ax.set_yscale("log")
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(" / ".join(dict.fromkeys(whats)))
+        ax.legend(fontsize=7)
+    return fig

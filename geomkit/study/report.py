@@ -313,6 +313,21 @@ def draw_figures(view: StudyView, config: StudyConfig) -> dict[str, Path]:
     for name, fn, has in draw:
         if any(has(r) for r in shown):
             out[name] = plot.save_figure(fn(shown), figdir / name)[0]
+    if any(r.get("track") for r in shown):
+        out["sharpness_training"] = plot.save_figure(plots.plot_tracks(shown),
+                                                     figdir / "sharpness_training")[0]
+    traj = [r for r in shown if r.get("trajectory")]
+    if traj:
+        try:
+            fig = plot.plot_panel([r["trajectory"] for r in traj], kind="contourf",
+                                  ncols=min(len(traj), len(config.model_labels) or 3),
+                                  titles=[r["run"] for r in traj], log=config.landscape.log)
+            out["trajectories"] = plot.save_figure(fig, figdir / "trajectories")[0]
+        except Exception as e:  # an unfinished surface must not sink the report
+            from geomkit.errors import GeomkitError
+
+            if not isinstance(e, GeomkitError):
+                raise
     if len(config.subsets) > 1:
         out["subsets"] = plot.save_figure(plots.plot_subsets(view.rows), figdir / "subsets")[0]
     # Figure 1: optimizers (rows) x models (columns) on one colour scale
@@ -356,6 +371,16 @@ FIGURE_CAPTIONS = {
     "density": "Hessian eigenvalue density of the whole model (stochastic Lanczos quadrature).",
     "corruptions": "Test accuracy, clean and under each corruption (mean over severities 1-5).",
     "subsets": "Test accuracy against the fraction of the training set (the paper's Table 4).",
+    "sharpness_training": "Sharpness during training (`[track]`): λ_max of the whole model "
+                          "on a fixed probe set against the optimizer step -- for Adam/AdamW "
+                          "runs the preconditioned λ_max(P⁻¹H) -- with the optimizer's "
+                          "edge-of-stability threshold dashed ((2+2β)/η for SGD with "
+                          "momentum β, (2+2β₁)/((1−β₁)η) for Adam; the learning rate η "
+                          "follows the schedule).",
+    "trajectories": "Trajectory landscapes (Li et al. 2018, §7): the loss in the plane of "
+                    "the top two principal components of the path θ_i − θ_final, the "
+                    "snapshots drawn on it (star: the final weights; red rings: a "
+                    "snapshot's true loss more than 10 % off the surface under it).",
 }
 
 
@@ -441,6 +466,13 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
     if any((out / "landscapes").glob("*.h5")):
         lines.append("- `landscapes/<run>.h5`: loss surfaces of the runs in Figure 1 "
                      "(`geomkit plot`)")
+    if any(r.get("track") for r in rows):
+        lines.append("- `runs/<run>/track.h5`: λ_max and losses every "
+                     f"{config.track.every} steps during training (`geomkit plot`)")
+    if any((out / "runs").glob("*/snapshots.h5")):
+        lines.append("- `runs/<run>/snapshots.h5`: the weights every "
+                     f"{config.track.snapshot_every} epoch(s); `landscapes/<run>_pca.h5`: "
+                     "the trajectory surfaces")
     if any((out / "density").glob("*.h5")):
         lines.append("- `density/<run>.h5`: Hessian spectral densities")
     lines += ["- `study.json`: the resolved study config and the accuracy table", ""]

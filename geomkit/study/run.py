@@ -225,9 +225,26 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
         # no mkdir here: the checkpoint writer makes the directory (and removes it again
         # when the first write fails)
         train_run(run.train_config, rdir, resume=not retrain, overwrite=retrain,
-                  progress=progress)
+                  progress=progress, callbacks=track_callbacks(config, rdir))
         records.append(_record(run, path, status, load_checkpoint(path)))
     return records
+
+
+def track_callbacks(config: StudyConfig, run_dir: Path) -> list:
+    """The ``[track]`` callbacks of one trained run: the sharpness tracker
+    (``run_dir/track.h5``) and the snapshot writer (``run_dir/snapshots.h5``)."""
+    t = config.track
+    out: list = []
+    if t.every:
+        from geomkit.geometry.track import SharpnessTracker
+
+        out.append(SharpnessTracker(t.samples, every=t.every, test=t.test_samples,
+                                    out=run_dir / "track.h5", tol=t.tol))
+    if t.snapshot_every:
+        from geomkit.train.snapshots import SnapshotWriter
+
+        out.append(SnapshotWriter(run_dir, t.snapshot_every))
+    return out
 
 
 def _external_record(run: RunSpec) -> RunRecord:

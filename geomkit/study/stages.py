@@ -142,7 +142,43 @@ def landscape_stage(config: StudyConfig, out_dir: Path, runs: Sequence[Any], *,
             surf = landscape_from_checkpoint(r.checkpoint, path, **kw)
         if surf.complete:
             files[r.name] = path
-    return {"landscapes": files}
+    out: dict[str, Any] = {"landscapes": files}
+    traj = trajectory_landscapes(config, out_dir, runs, force=force, progress=progress)
+    if traj:
+        out["trajectories"] = traj
+    return out
+
+
+def trajectory_landscapes(config: StudyConfig, out_dir: Path, runs: Sequence[Any], *,
+                          force: bool = False, progress: bool = True) -> dict[str, Path]:
+    """The trajectory-PCA surface (Li et al. 2018, §7) of each Figure-1 run trained with
+    ``[track] snapshot_every``: ``out_dir/landscapes/<run>_pca.h5``, the grid covering
+    the path (``[track] trajectory_grid`` points per axis), the loss on the
+    ``[landscape]`` samples; a surface of another checkpoint or path is recomputed."""
+    from geomkit.geometry.landscape import landscape_from_checkpoint
+
+    t = config.track
+    files: dict[str, Path] = {}
+    if not t.snapshot_every:
+        return files
+    for r in runs:
+        snaps = Path(r.checkpoint).parent / "snapshots.h5"
+        if r.spec.external or not snaps.is_file():
+            continue
+        path = out_dir / "landscapes" / f"{r.name}_pca.h5"
+        if force:
+            _remove(path)
+        kw = dict(direction="pca", trajectory=snaps, grid_points=t.trajectory_grid,
+                  samples=config.landscape.samples, progress=progress)
+        _log(progress, f"trajectory landscape: {r.name}")
+        try:
+            surf = landscape_from_checkpoint(r.checkpoint, path, **kw)
+        except SpecMismatch:  # retrained since: another checkpoint, path or grid
+            _remove(path)
+            surf = landscape_from_checkpoint(r.checkpoint, path, **kw)
+        if surf.complete:
+            files[r.name] = path
+    return files
 
 
 def _remove(path: Path) -> None:

@@ -163,6 +163,12 @@ def open_study(out_dir: str | Path) -> StudyView:
         for key, sub in (("landscape", "landscapes"), ("density", "density")):
             p = out_dir / sub / f"{run['run']}.h5"
             row[key] = str(p) if p.is_file() else None
+        # geometry during training: beside the checkpoint (also one trained elsewhere
+        # with `geomkit train --track`), and the trajectory-PCA surface of the study
+        p = ck.parent / "track.h5"
+        row["track"] = str(p) if p.is_file() else None
+        p = out_dir / "landscapes" / f"{run['run']}_pca.h5"
+        row["trajectory"] = str(p) if p.is_file() else None
         rows.append(row)
     return StudyView(out_dir, state.get("config", {}), tuple(rows), results_path)
 

@@ -66,6 +66,7 @@ def landscape_from_checkpoint(
     label_smoothing: float = 0.0,
     trajectory: str | Path | None = None,
     centered: bool = False,
+    grid_points: int = 51,
 ) -> Landscape:
     """Loss surface (or line, ``y=None``) around a checkpoint into the resumable file ``out``.
 
@@ -87,7 +88,8 @@ def landscape_from_checkpoint(
       ``(a, b)``, distance from the plane, step/epoch, true loss at its own weights and
       the surface interpolated at ``(a, b)`` -- once the grid is complete (a shard
       file gets it after ``landscape-merge`` and a rerun of the command on the merged
-      file).  ``x``/``y`` default to the path's extent plus 20 % on each side, 51 points.
+      file).  ``x``/``y`` default to the path's extent plus 20 % on each side,
+      ``grid_points`` points each.
 
     ``x=None`` is ``-1:1:51`` for the other directions; ``y="auto"`` is ``-1:1:51`` (a
     2-D grid), ``y=None`` a 1-D line.
@@ -140,7 +142,7 @@ def landscape_from_checkpoint(
         from .trajectory import trajectory_grid, trajectory_pca
 
         pca = trajectory_pca(snaps, model, centered=centered, ignore=ignore)
-        auto = trajectory_grid(pca.coords)
+        auto = trajectory_grid(pca.coords, num=grid_points)
         grid = Grid(tuple(x or auto[0]), tuple(auto[1] if y == "auto" else y))
         check_grid(grid.x, grid.y, samples=samples, allow_large=True)
         dir_spec = "pca"
