@@ -175,6 +175,10 @@ class SharpnessTracker:
         label_smoothing: of the training loss (None: the run's, from ``config``).
         batch_size: analysis mini-batch (None: the whole probe set at once if it fits).
         seed: the cold start's (and the warm noise's) seed.
+        sharpness: sharpness measures of :func:`geomkit.geometry.sharpness.sharpness` to
+            track too, name → its keyword arguments (e.g. ``{"worst": {"kind": "worst",
+            "adaptive": True, "m": 64}}``), on the probe set; stored in the file's group
+            ``sharpness``.
         meta: identity stored in the file (``label``, ``model``, ``optimizer``, ``sam``;
             default: from the run's ``config``).
         progress: Lanczos progress bars.
@@ -196,6 +200,7 @@ class SharpnessTracker:
         label_smoothing: float | None = None,
         batch_size: int | None = None,
         seed: int = 0,
+        sharpness: dict[str, dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
         progress: bool = False,
     ) -> None:
@@ -224,6 +229,14 @@ class SharpnessTracker:
         self.label_smoothing = None if label_smoothing is None else float(label_smoothing)
         self.batch_size = batch_size
         self.seed = int(seed)
+        self.sharpness = {str(k): dict(v) for k, v in (sharpness or {}).items()}
+        for name, kw in self.sharpness.items():
+            if not name.replace("_", "").isalnum():
+                raise SpecError(f"sharpness measure name {name!r} must be letters, digits "
+                                "and _", param="sharpness")
+            if set(kw) & {"model", "data", "targets", "progress"}:
+                raise SpecError(f"sharpness measure {name!r}: the tracker passes the model "
+                                "and the probe set itself", param="sharpness")
         self.meta = dict(meta or {})
         self.progress = progress
         self.rows: list[dict[str, Any]] = []
@@ -245,7 +258,7 @@ class SharpnessTracker:
                 "blocks": list(self.blocks), "tol": self.tol, "max_iter": self.max_iter,
                 "warm": self.warm, "precondition": self.precondition,
                 "cold_check": self.cold_check, "label_smoothing": self.label_smoothing,
-                "seed": self.seed}
+                "seed": self.seed, "sharpness": self.sharpness}
 
     def _warm_paths(self) -> tuple[Path, Path] | None:
         if self.out is None:
@@ -397,6 +410,14 @@ class SharpnessTracker:
         if self.cold_check:
             c = hessian_eigs(model, x, y, blocks=("whole",), **kw).blocks["whole"]
             row["cold_lambda_max"], row["cold_hvps"] = c.lambda_max, c.n_hvps
+        if self.sharpness:
+            from geomkit.geometry.sharpness import sharpness as measure_sharpness
+
+            row["sharpness"] = {
+                name: measure_sharpness(model, x, y, **({"label_smoothing":
+                                                        self.label_smoothing or 0.0} | kw)
+                                        ).blocks["whole"].value
+                for name, kw in self.sharpness.items()}
         bs = self.batch_size or 512
         row["train_loss"], row["train_acc"] = _loss_acc(model, x, y, bs)
         if self.test is not None:

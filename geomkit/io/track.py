@@ -13,6 +13,7 @@ Layout (format ``geomkit-track/1``; every file opens in plain h5py)::
                         cold_lambda_max, train_loss, train_acc, test_loss, test_acc,
                         seconds (NaN = not computed for that run)
     /blocks/     one float64 dataset per tracked block: its λ_max per step
+    /sharpness/  one float64 dataset per tracked sharpness measure (its value per step)
 
 The whole file is rewritten atomically after every tracked step (:func:`write_track`):
 a kill at any moment leaves the previous complete file, never a damaged one. Rows are
@@ -67,6 +68,7 @@ class Track:
     settings: dict[str, Any]
     columns: dict[str, np.ndarray] = field(repr=False)
     blocks: dict[str, np.ndarray] = field(repr=False)
+    sharpness: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.columns["step"])
@@ -78,6 +80,8 @@ class Track:
             row: dict[str, Any] = {k: (int(v[i]) if k in INT_COLUMNS else float(v[i]))
                                    for k, v in self.columns.items()}
             row["blocks"] = {b: float(v[i]) for b, v in self.blocks.items()}
+            if self.sharpness:
+                row["sharpness"] = {k: float(v[i]) for k, v in self.sharpness.items()}
             out.append(row)
         return out
 
@@ -95,6 +99,7 @@ def write_track(path: str | Path, rows: Sequence[Mapping[str, Any]], *,
     """
     path = Path(path)
     blocks = sorted({b for r in rows for b in r.get("blocks", {})})
+    measures = sorted({k for r in rows for k in r.get("sharpness", {})})
     with atomic_h5(path) as f:
         f.attrs["format"] = TRACK_FORMAT
         f.attrs["created"] = created or now_utc()
@@ -110,10 +115,11 @@ def write_track(path: str | Path, rows: Sequence[Mapping[str, Any]], *,
         for k in FLOAT_COLUMNS:
             f.create_dataset(k, data=np.array([float(r.get(k, np.nan)) for r in rows],
                                               dtype=np.float64))
-        g = f.create_group("blocks")
-        for b in blocks:
-            g.create_dataset(b, data=np.array([float(r.get("blocks", {}).get(b, np.nan))
-                                               for r in rows], dtype=np.float64))
+        for group, names in (("blocks", blocks), ("sharpness", measures)):
+            g = f.create_group(group)
+            for b in names:
+                g.create_dataset(b, data=np.array([float(r.get(group, {}).get(b, np.nan))
+                                                   for r in rows], dtype=np.float64))
 
 
 def read_track(path: str | Path) -> Track:
@@ -129,10 +135,13 @@ def read_track(path: str | Path) -> Track:
                 cols[k] = np.full(n, -1 if k in INT_COLUMNS else np.nan,
                                   dtype=np.int64 if k in INT_COLUMNS else np.float64)
         blocks = {b: np.asarray(d[()]) for b, d in f["blocks"].items()} if "blocks" in f else {}
+        sharp = ({k: np.asarray(d[()]) for k, d in f["sharpness"].items()}
+                 if "sharpness" in f else {})
         return Track(
             path=path, label=str(attr(f, "label", "")), model=str(attr(f, "model", "")),
             optimizer=str(attr(f, "optimizer", "")), sam=bool(attr(f, "sam", False)),
             settings=get_json_attr(f, "settings", {}) or {}, columns=cols, blocks=blocks,
+            sharpness=sharp,
         )
 
 

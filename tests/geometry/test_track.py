@@ -304,3 +304,23 @@ def test_bad_tracker_settings_and_a_foreign_out_are_refused(tmp_path):
     other.write_text("not hdf5")
     with pytest.raises(ResultFileError, match="refusing to replace"):
         SharpnessTracker(8, every=1, out=other)
+
+
+def test_sharpness_measures_are_tracked_as_the_measurement_at_those_weights(tmp_path):
+    from geomkit.checkpoint import load_checkpoint
+    from geomkit.data import DataSpec, load_split
+    from geomkit.geometry.sharpness import sharpness
+
+    kw = {"kind": "worst", "adaptive": True, "m": 16, "steps": 3}
+    tr = SharpnessTracker(32, every=3, out=tmp_path / "r" / "track.h5",
+                          sharpness={"worst": kw, "avg": {"kind": "avg", "m": 16}})
+    r = train(_cfg(epochs=1, optimizer="sgd"), tmp_path / "r", progress=False, callbacks=[tr])
+    t = read_track(tmp_path / "r" / "track.h5")
+    assert set(t.sharpness) == {"worst", "avg"} and len(t.sharpness["worst"]) == len(t) == 1
+    x, y = load_split(DataSpec.from_dict(DATA), "train")
+    model = load_checkpoint(r.checkpoint).model  # step 3 = the end of the one epoch
+    want = sharpness(model, x[:32], y[:32], **kw).blocks["whole"].value
+    assert t.sharpness["worst"][0] == pytest.approx(want, rel=1e-5)
+    assert t.sharpness["worst"][0] > 0
+    with pytest.raises(SpecError, match="passes the model"):
+        SharpnessTracker(8, every=1, sharpness={"x": {"model": None}})
