@@ -7,6 +7,7 @@ import argparse
 from cli._common import (
     add_device_flag,
     add_json_flag,
+    int_at_most,
     nonneg_float,
     nonneg_int,
     positive_int,
@@ -18,7 +19,7 @@ from cli._common import (
 from geomkit.data import list_sources
 from geomkit.geometry.track import DEFAULT_EVERY
 from geomkit.train import TrainConfig, train
-from geomkit.train.config import OPTIMIZERS, SCHEDULES
+from geomkit.train.config import AUGREG, LOSSES, OPTIMIZERS, SCHEDULES
 
 ORDER = 10
 
@@ -95,6 +96,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="extra model constructor argument (repeatable), e.g. depth=6",
     )
+    a = p.add_argument_group(
+        "strong augmentation and regularization",
+        "AugReg (Steiner et al. 2021) levels of RandAugment + Mixup, drawn once per step (both "
+        "SAM passes see the same mixed batch), after --augment's crop/flip; AugMix with its "
+        "Jensen-Shannon loss. Dropout and stochastic depth are model arguments of the ViT and "
+        "Mixer models: --model-arg drop_rate=0.1 --model-arg drop_path_rate=0.1 (AugReg's "
+        "'reg'); every analysis runs in eval mode, where they are off.")
+    a.add_argument("--augreg", choices=AUGREG, default="none", metavar="LEVEL",
+                   help="AugReg level: none; light1 RA(2,0); light2 RA(2,10)+mixup 0.2; "
+                   "medium1 RA(2,15)+0.2; medium2 RA(2,15)+0.5; heavy1 RA(2,20)+0.5; "
+                   "heavy2 RA(2,20)+0.8 (default none)")
+    a.add_argument("--augmix", action="store_true",
+                   help="AugMix: two augmented views per example and the loss "
+                   "L(clean) + W*JSD(clean, view1, view2) (3 forward passes' worth per step)")
+    a.add_argument("--augmix-severity", type=int_at_most(10), default=3, metavar="N",
+                   help="AugMix operation severity, 1-10 (default 3)")
+    a.add_argument("--jsd-weight", type=nonneg_float, default=12.0, metavar="W",
+                   help="weight of AugMix's JSD consistency loss (default 12, as its paper)")
+    a.add_argument("--loss", choices=LOSSES, default="ce",
+                   help="training loss on the (soft) targets: ce softmax cross-entropy, bce "
+                   "sigmoid binary cross-entropy per class (default ce; the test loss is "
+                   "always cross-entropy)")
     t = p.add_argument_group(
         "geometry during training",
         "--track writes OUT/track.h5: every K steps the whole model's lambda_max on the "
@@ -107,15 +130,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="track geometry every --track-every steps (default K: see --track-every)")
     t.add_argument("--track-every", type=positive_int, default=None, metavar="K",
                    help="track every K optimizer steps (implies --track; default "
-                   f"{DEFAULT_EVERY}, about 10%% of the training time of the quick study)")
-    t.add_argument("--track-samples", type=positive_int, default=256, metavar="N",
-                   help="probe set: the first N training examples (default 256)")
-    t.add_argument("--track-test-samples", type=nonneg_int, default=256, metavar="N",
-                   help="test loss/accuracy on the first N test examples (0: all; default 256)")
+                   f"{DEFAULT_EVERY}: at most ~10%% of the training time on the quick "
+                   "study's models; one tracked step costs about 2*HVPs*N/B training steps)")
+    t.add_argument("--track-samples", type=positive_int, default=128, metavar="N",
+                   help="probe set: the first N training examples (default 128)")
+    t.add_argument("--track-test-samples", type=nonneg_int, default=128, metavar="N",
+                   help="test loss/accuracy on the first N test examples (0: all; default 128)")
     t.add_argument("--track-blocks", default=None, metavar="B1,B2",
                    help="also lambda_max of these Hessian blocks (e.g. paper), every K steps")
-    t.add_argument("--track-tol", type=unit_float, default=1e-3, metavar="TOL",
-                   help="Lanczos relative tolerance of the tracked lambda_max (default 1e-3)")
+    t.add_argument("--track-tol", type=unit_float, default=1e-2, metavar="TOL",
+                   help="Lanczos relative tolerance of the tracked lambda_max (default 1e-2)")
     t.add_argument("--snapshot-every", type=positive_int, default=None, metavar="E",
                    help="keep the weights every E epochs in OUT/snapshots.h5 (for "
                    "`geomkit landscape --dir pca --trajectory OUT`)")
@@ -206,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         bf16=args.bf16,
         save_best=args.save_best,
+        augreg=args.augreg,
+        augmix=args.augmix,
+        augmix_severity=args.augmix_severity,
+        jsd_weight=args.jsd_weight,
+        loss=args.loss,
     )
     # the settings given on purpose (not left at their defaults): a resumed run that
     # contradicts one of them is refused instead of silently finishing with its own
@@ -217,7 +246,9 @@ def run(args: argparse.Namespace) -> int:
                   "grad_clip": "grad_clip", "seed": "seed", "bf16": "bf16",
                   "save_best": "save_best", "data": "data", "data_root": "data",
                   "image_size": "data", "augment": "data", "subset": "data",
-                  "subset_seed": "data", "split_dirs": "data"}
+                  "subset_seed": "data", "split_dirs": "data", "augreg": "augreg",
+                  "augmix": "augmix", "augmix_severity": "augmix_severity",
+                  "jsd_weight": "jsd_weight", "loss": "loss"}
     same_as = sorted({f for flag, f in flag_field.items()
                       if getattr(args, flag) != _PARSER.get_default(flag)})
     # the training split at --image-size must fit in memory: refused before the model is

@@ -1,4 +1,10 @@
-"""MLP-Mixer (Tolstikhin et al. 2021) with timm's parameter names."""
+"""MLP-Mixer (Tolstikhin et al. 2021) with timm's parameter names.
+
+``drop_rate`` (dropout on both MLPs' hidden activations and outputs, as timm's Mixer; it
+has no position embedding to drop) and ``drop_path_rate`` (stochastic depth, linear over
+the blocks) as in :mod:`geomkit.models.vit`: off by default, no parameters, the identity in
+eval mode.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,28 @@ from torch import nn
 
 from geomkit.errors import ModelError
 from geomkit.models._registry import register
-from geomkit.models.layers import Mlp, PatchEmbed, default_patch_size, init_weights
+from geomkit.models.layers import PatchEmbed, default_patch_size, init_weights
+from geomkit.models.vit import DropPath, apply, check_rate, drop_path_rates, mlp
 
 
 class MixerBlock(nn.Module):
     """x + mlp_tokens(norm1(x)ᵀ)ᵀ (mixing across tokens), then x + mlp_channels(norm2(x))."""
 
-    def __init__(self, dim: int, num_tokens: int, tokens_dim: int, channels_dim: int, act: str):
+    def __init__(self, dim: int, num_tokens: int, tokens_dim: int, channels_dim: int, act: str,
+                 drop: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp_tokens = Mlp(num_tokens, tokens_dim, act=act)
+        self.mlp_tokens = mlp(num_tokens, tokens_dim, act, drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp_channels = Mlp(dim, channels_dim, act=act)
+        self.mlp_channels = mlp(dim, channels_dim, act, drop)
+        # None when off: at rate 0 the block is the plain one, module for module
+        self.drop_path1 = DropPath(drop_path_rate) if drop_path_rate > 0 else None
+        self.drop_path2 = DropPath(drop_path_rate) if drop_path_rate > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
-        return x + self.mlp_channels(self.norm2(x))
+        h = self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        x = x + apply(self.drop_path1, h)
+        return x + apply(self.drop_path2, self.mlp_channels(self.norm2(x)))
 
 
 class MlpMixer(nn.Module):
@@ -39,8 +51,12 @@ class MlpMixer(nn.Module):
         tokens_dim: int = 384,
         channels_dim: int = 3072,
         act: str = "gelu",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
+        drop_rate = check_rate("drop_rate", drop_rate)
+        drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
         if depth < 1:
             raise ModelError(f"depth must be >= 1, got {depth}")
         patch_size = patch_size or default_patch_size(image_size)
@@ -49,7 +65,8 @@ class MlpMixer(nn.Module):
         self.stem = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
         n = self.stem.num_patches
         self.blocks = nn.Sequential(
-            *[MixerBlock(embed_dim, n, tokens_dim, channels_dim, act) for _ in range(depth)]
+            *[MixerBlock(embed_dim, n, tokens_dim, channels_dim, act, drop_rate, dp)
+              for dp in drop_path_rates(drop_path_rate, depth)]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)

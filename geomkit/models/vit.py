@@ -1,6 +1,19 @@
-"""Vision Transformer (Dosovitskiy et al. 2021) with timm's parameter names."""
+"""Vision Transformer (Dosovitskiy et al. 2021) with timm's parameter names.
+
+Regularization as AugReg (Steiner et al. 2021) uses it, with timm's argument names, both
+off by default: ``drop_rate`` is dropout on intermediate activations -- the embeddings
+(after the position embedding is added), the attention output projection, the MLP's
+hidden activation and its output projection; ``drop_path_rate`` is stochastic depth
+(each residual branch dropped per sample, the survivors scaled by 1/(1 − p)), its rate
+rising linearly over the blocks from 0 to ``drop_path_rate`` at the last. Neither has
+parameters, so the state dict is the same with or without them; at rate 0 the modules are
+exactly those of a model built without them, and in eval mode (every analysis) they are
+the identity.
+"""
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import nn
@@ -10,26 +23,91 @@ from geomkit.models._registry import register
 from geomkit.models.layers import Attention, Mlp, PatchEmbed, default_patch_size, init_weights
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+def check_rate(name: str, rate: float) -> float:
+    """``rate`` as a float in [0, 1), else a :class:`ModelError` naming ``name``."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        raise ModelError(f"{name} must be a number in [0, 1), got {rate!r}")
+    return float(rate)
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, act: str, qkv_bias: bool):
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rates of ``depth`` blocks, linear from 0 to ``rate`` (timm's rule)."""
+    return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, each sample's residual branch is
+    zeroed with probability ``p`` and kept ones are scaled by 1/(1 − p); identity in eval."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = check_rate("drop_path_rate", p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class DropMlp(Mlp):
+    """timm's Mlp with dropout: ``fc1 → act → drop1 → fc2 → drop2`` (same parameters and
+    module names as :class:`~geomkit.models.layers.Mlp`, which it is)."""
+
+    def __init__(self, in_features: int, hidden: int, act: str = "gelu", drop: float = 0.0):
+        super().__init__(in_features, hidden, act=act)
+        self.drop1 = nn.Dropout(drop)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def mlp(in_features: int, hidden: int, act: str, drop: float) -> Mlp:
+    """:class:`Mlp`, or :class:`DropMlp` when ``drop`` > 0."""
+    if drop > 0:
+        return DropMlp(in_features, hidden, act=act, drop=drop)
+    return Mlp(in_features, hidden, act=act)
+
+
+def apply(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, or ``x`` when the (switched-off) module is ``None``."""
+    return x if module is None else module(x)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); with
+    ``drop`` > 0 the attention projection and the MLP drop activations (timm's
+    ``proj_drop``, ``mlp.drop1/2``), with ``drop_path_rate`` > 0 each branch is stochastic
+    depth. Switched-off regularizers are ``None``, not modules: at rate 0 the block is the
+    plain one, module for module."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, act: str, qkv_bias: bool,
+                 drop: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act)
+        self.mlp = mlp(dim, int(dim * mlp_ratio), act, drop)
+        self.proj_drop = nn.Dropout(drop) if drop > 0 else None
+        self.drop_path1 = DropPath(drop_path_rate) if drop_path_rate > 0 else None
+        self.drop_path2 = DropPath(drop_path_rate) if drop_path_rate > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + apply(self.drop_path1, apply(self.proj_drop, self.attn(self.norm1(x))))
+        return x + apply(self.drop_path2, self.mlp(self.norm2(x)))
 
 
 class VisionTransformer(nn.Module):
     """ViT: patch embedding, optional class token, learned positions, blocks, norm, head.
 
     ``global_pool="token"`` classifies from the class token, ``"avg"`` from the mean
-    of the patch tokens (then no class token is created).
+    of the patch tokens (then no class token is created). ``drop_rate`` / ``drop_path_rate``:
+    dropout and stochastic depth (see the module docstring), in [0, 1).
     """
 
     def __init__(
@@ -45,8 +123,12 @@ class VisionTransformer(nn.Module):
         global_pool: str = "token",
         act: str = "gelu",
         qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
+        drop_rate = check_rate("drop_rate", drop_rate)
+        drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
         if global_pool not in ("token", "avg"):
             raise ModelError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if depth < 1:
@@ -63,8 +145,10 @@ class VisionTransformer(nn.Module):
         else:
             self.cls_token = None
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tok, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else None
         self.blocks = nn.Sequential(
-            *[Block(embed_dim, num_heads, mlp_ratio, act, qkv_bias) for _ in range(depth)]
+            *[Block(embed_dim, num_heads, mlp_ratio, act, qkv_bias, drop_rate, dp)
+              for dp in drop_path_rates(drop_path_rate, depth)]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -77,7 +161,7 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.pos_embed
+        x = apply(self.pos_drop, x + self.pos_embed)
         x = self.blocks(x)
         return self.norm(x)
 

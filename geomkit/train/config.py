@@ -8,12 +8,18 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from geomkit.data.augment import AUGREG_LEVELS
 from geomkit.data.spec import SEED_RANGE, DataSpec
 from geomkit.errors import SpecError
 
 OPTIMIZERS = ("sgd", "adamw", "sam", "asam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
+#: Training losses: softmax cross-entropy, or sigmoid binary cross-entropy of every logit
+#: against its class's (soft) one-hot target (timm's ``BinaryCrossEntropy``).
+LOSSES = ("ce", "bce")
+#: The AugReg augmentation levels (Steiner et al. 2021), see :func:`geomkit.data.augment.augreg`.
+AUGREG = tuple(AUGREG_LEVELS)
 
 # Family defaults. ViT/Mixer: AdamW with warmup at the paper's peak lr 3e-3 (on digits,
 # 30 epochs: vit-tiny 94.2% at 3e-3 vs 90.0% at 1e-3; SAM 93.9% vs 88.1%);
@@ -34,6 +40,15 @@ class TrainConfig:
 
     ``optimizer`` is ``sgd`` / ``adamw`` (vanilla) or ``sam`` / ``asam`` (sharpness-aware,
     wrapping ``base_optimizer``). ``None`` fields take the model family's default.
+
+    Strong augmentation and the loss (defaults: none of it, the plain run): ``augreg``
+    names an AugReg level (:data:`AUGREG`: RandAugment + Mixup, drawn per optimizer step,
+    after the light ``data.augment`` crop/flip when that is on); ``augmix`` adds two AugMix
+    views of each (augmented) batch of severity ``augmix_severity`` (1-10) and the loss
+    ``L(clean) + jsd_weight * JSD(clean, view1, view2)``; ``loss`` is ``ce`` (softmax
+    cross-entropy) or ``bce`` (sigmoid binary cross-entropy per class); both take the soft
+    targets of Mixup and fold ``label_smoothing`` in. Dropout and drop path are model
+    arguments (``model_kwargs``: ``drop_rate``, ``drop_path_rate``).
     """
 
     model: str = "vit-tiny"
@@ -56,6 +71,11 @@ class TrainConfig:
     bf16: bool = False
     save_best: bool = False
     label: str | None = None
+    augreg: str = "none"
+    augmix: bool = False
+    augmix_severity: int = 3
+    jsd_weight: float = 12.0
+    loss: str = "ce"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -74,6 +94,15 @@ class TrainConfig:
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
             raise SpecError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
                             f"(torch's seed range), got {self.seed}", param="seed")
+        if self.augreg not in AUGREG:
+            raise SpecError(f"unknown augreg level {self.augreg!r}; valid: {', '.join(AUGREG)}",
+                            param="augreg")
+        if self.loss not in LOSSES:
+            raise SpecError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}",
+                            param="loss")
+        if self.augmix_severity > 10:
+            raise SpecError(f"augmix_severity must be an integer in [1, 10], got "
+                            f"{self.augmix_severity}", param="augmix_severity")
         if not 0 <= self.momentum < 1:
             raise SpecError(f"momentum must be in [0, 1), got {self.momentum}", param="momentum")
         # the data table is validated (types, sizes) now, not after the model is built
@@ -82,6 +111,12 @@ class TrainConfig:
     @property
     def is_sam(self) -> bool:
         return self.optimizer in ("sam", "asam")
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether the run trains on soft targets (anything but the plain cross-entropy on
+        integer labels: an AugReg level, AugMix or the BCE loss)."""
+        return self.augreg != "none" or self.augmix or self.loss != "ce"
 
     def resolved(self, family: str) -> TrainConfig:
         """Fill ``None`` fields with the family's defaults and set the label."""
@@ -131,6 +166,11 @@ _FIELD_TYPES: dict[str, tuple[str, float | None, bool]] = {
     "bf16": ("bool", None, False),
     "save_best": ("bool", None, False),
     "label": ("str", None, True),
+    "augreg": ("str", None, False),
+    "augmix": ("bool", None, False),
+    "augmix_severity": ("int", 1, False),
+    "jsd_weight": ("float", 0, False),
+    "loss": ("str", None, False),
 }
 
 _EXPECTED = {

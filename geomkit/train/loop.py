@@ -1,9 +1,20 @@
 """The training loop: vanilla (SGD+momentum, AdamW) or SAM/ASAM, one process or DDP.
 
 Determinism: the model is initialised from ``seed``; epoch ``e`` shuffles with a
-generator seeded ``seed * 1000 + e`` and augments with its own generator seeded the
-same way, so a CPU run is repeatable and resuming from ``last.pt`` (saved after every
-epoch) continues the run exactly: same step, same schedule, same optimizer state.
+generator seeded ``seed * 1000 + e``, applies the light augmentation (``data.augment``)
+with its own generator (offset 7919) and the strong one (``augreg`` / ``augmix``) with
+another (offset 104729), and seeds torch's global generator, which dropout and drop path
+draw from, with a fourth (offset 15485863). So a CPU run is repeatable and resuming from
+``last.pt`` (saved after every epoch) continues the run exactly: same step, same
+schedule, same optimizer state, same augmented batches and dropout masks.
+
+Strong augmentation (:mod:`geomkit.data.augment`) is drawn once per optimizer step, on
+the batch's device: the batch and its soft targets are fixed before the step, so both
+SAM passes see the same mixed batch (and the same AugMix views). The loss is then the
+soft-target cross-entropy (or BCE) with ``label_smoothing`` folded into the targets, plus
+``jsd_weight`` times AugMix's Jensen-Shannon consistency; the reported training loss is
+this objective on the augmented batches (with Mixup it stays well above zero even when
+the clean training set is fitted), the test loss is always the plain cross-entropy.
 
 Under ``torchrun`` (DDP, gloo on CPU / nccl on GPU) each rank takes an equal slice of
 every global mini-batch; gradients are all-reduced by DDP. With SAM each worker
@@ -30,12 +41,26 @@ from tqdm.auto import tqdm
 from geomkit import distributed
 from geomkit.checkpoint import load_checkpoint, save_checkpoint
 from geomkit.data import DataSpec, augment_batch, info, load_split
+from geomkit.data.augment import (
+    augment,
+    augmix_of,
+    augreg,
+    jsd_loss,
+    soft_bce,
+    soft_cross_entropy,
+)
+from geomkit.data.sources import raw_data
 from geomkit.device import resolve_device
 from geomkit.errors import CheckpointError, SpecError, TrainingDiverged
 from geomkit.io import probe_writable
 from geomkit.models import build, family
 from geomkit.train.config import TrainConfig
 from geomkit.train.sam import SAM, sam_step
+
+#: Offsets of the per-epoch seeds ``seed * 1000 + epoch + offset`` (shuffling has none).
+LIGHT_AUGMENT_OFFSET = 7919
+STRONG_AUGMENT_OFFSET = 104729
+GLOBAL_RNG_OFFSET = 15485863
 
 
 @dataclass(frozen=True)
@@ -54,7 +79,9 @@ class TrainEvent:
             the count).
         epoch: epochs completed.
         lr: the learning rate of the step just taken.
-        loss: that step's training loss (``step``), or the epoch's mean (``epoch``).
+        loss: that step's training loss (``step``), or the epoch's mean (``epoch``): the
+            objective, i.e. on the augmented batch with its soft targets (and AugMix's
+            JSD term) when strong augmentation is on.
         metrics: ``epoch`` only: ``test_loss``, ``test_acc``.
         perturbed_loss: SAM/ASAM ``step`` events: the step's mini-batch loss at the
             perturbed weights w + ε (so ``perturbed_loss - loss`` is the sharpness SAM
@@ -92,7 +119,13 @@ def _notify(callbacks: Sequence[TrainCallback], event: TrainEvent, device: torch
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of :func:`train`: where the checkpoint is and the final metrics."""
+    """Outcome of :func:`train`: where the checkpoint is and the final metrics.
+
+    ``train_loss`` is the last epoch's mean training objective over its steps: with strong
+    augmentation the loss on the augmented batches and their soft targets (plus the JSD
+    term under AugMix), so it is not comparable with ``test_loss`` (plain cross-entropy
+    on clean test examples) or with a plain run's training loss.
+    """
 
     checkpoint: Path
     test_acc: float
@@ -175,6 +208,16 @@ def train_step(
         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
     optimizer.step()
     return loss.detach()
+
+
+def _normalization(spec: DataSpec) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The per-channel (mean, std) the training batches are standardised with ([0, 1]
+    units), for the pixel operations of the strong augmentation; ``(None, None)`` when the
+    batches are left in [0, 1]."""
+    if not spec.normalize:
+        return None, None
+    raw = raw_data(spec)
+    return tuple(raw.mean), tuple(raw.std)
 
 
 def _existing_run(last: Path) -> str:
@@ -341,6 +384,27 @@ def train(
             out = net(xb)
         return F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
 
+    # Soft targets (an AugReg level, AugMix or BCE): the batch and its targets are drawn
+    # once per step, before train_step, so both SAM passes see the same ones.
+    num_classes = dinfo.num_classes
+    aug_spec = augreg(cfg.augreg, label_smoothing=cfg.label_smoothing, augmix=cfg.augmix,
+                      augmix_severity=cfg.augmix_severity, jsd_weight=cfg.jsd_weight)
+    mixer = augmix_of(aug_spec)
+    mean, std = _normalization(spec) if cfg.soft_targets else (None, None)
+
+    def soft_loss_fn(xb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+        """The objective on an augmented batch: soft-target CE (or BCE) on the clean view,
+        plus ``jsd_weight`` times the JSD of the three views under AugMix (``xb`` is then
+        the clean batch and its two AugMix views, concatenated: one forward pass)."""
+        with amp:
+            out = net(xb)
+        out = out.float()
+        criterion = soft_bce if cfg.loss == "bce" else soft_cross_entropy
+        if not cfg.augmix:
+            return criterion(out, tb)
+        clean, aug1, aug2 = out.chunk(3)
+        return criterion(clean, tb) + cfg.jsd_weight * jsd_loss(clean, aug1, aug2)
+
     try:
         if callbacks and start_epoch < cfg.epochs:  # the weights training starts from
             _notify(callbacks, TrainEvent("start", model, optimizer, step, start_epoch,
@@ -350,7 +414,11 @@ def train(
             net.train()
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             perm = torch.randperm(n, generator=g)
-            ga = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 7919)
+            ga = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + LIGHT_AUGMENT_OFFSET)
+            gs = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + STRONG_AUGMENT_OFFSET)
+            # dropout / drop path draw from the global generator: seeded per epoch too, so a
+            # resumed run draws the same masks (nothing else in a step draws from it)
+            torch.manual_seed(cfg.seed * 1000 + epoch + GLOBAL_RNG_OFFSET)
             run_loss, run_n = 0.0, 0
             for b in range(steps_per_epoch):
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -359,13 +427,20 @@ def train(
                 if spec.augment:
                     xb = augment_batch(xb, spec, ga)
                 xb, yb = xb.to(device), y_train[idx].to(device)
+                if cfg.soft_targets:
+                    xb, tb = augment(aug_spec, xb, yb, num_classes, gs, mean=mean, std=std)
+                    if cfg.augmix:
+                        xb = torch.cat(mixer.views(xb, gs, mean=mean, std=std))
+                    step_loss = lambda xb=xb, tb=tb: soft_loss_fn(xb, tb)  # noqa: E731
+                else:
+                    step_loss = lambda xb=xb, yb=yb: loss_fn(xb, yb)  # noqa: E731
                 f = lr_factor(step, total, warmup, cfg.schedule)
                 for grp in optimizer.param_groups:  # every group peaks at cfg.lr
                     grp["lr"] = cfg.lr * f
                 loss = train_step(
                     net,
                     optimizer,
-                    lambda xb=xb, yb=yb: loss_fn(xb, yb),
+                    step_loss,
                     sam=cfg.is_sam,
                     grad_clip=cfg.grad_clip,
                 )
