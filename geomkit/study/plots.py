@@ -163,6 +163,13 @@ def plot_tracks(rows: Sequence[dict[str, Any]]):
                 ax.plot(step[okt], thr[okt], "--", color=color, linewidth=0.8)
             whats.append(what)
         ax.set_yscale("log")
+        # the threshold grows as the learning rate decays to 0 (1e10 at the end of a
+        # cosine schedule): the axis follows the λ values, with room to show the line
+        # where it comes near them
+        lams = [v for r in rs for v in track_series(read_track(r["track"]))[2]
+                if np.isfinite(v) and v > 0]
+        if lams:
+            ax.set_ylim(min(lams) / 3, max(lams) * 30)
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel(" / ".join(dict.fromkeys(whats)))
