@@ -126,3 +126,20 @@ class OutputWrapper(nn.Module):
             logits = z
 
         return Out()
+
+
+def plane_basis(shapes, seed: int = 0):
+    """Two orthonormal vectors over a flat parameter row of these ``shapes``, zero on the
+    1-D parameters (biases, norm layers), for paths that lie exactly in a plane."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = [int(np.prod(s)) for s in shapes]
+    m = np.zeros((2, sum(sizes)))
+    i = 0
+    for shape, k in zip(shapes, sizes, strict=True):
+        if len(shape) > 1:
+            m[:, i:i + k] = rng.normal(size=(2, k))
+        i += k
+    q, _ = np.linalg.qr(m.T)
+    return q[:, 0], q[:, 1]

@@ -12,7 +12,7 @@ from cli.main import main
 from geomkit.checkpoint import load_checkpoint
 from geomkit.io.snapshots import write_snapshots
 from geomkit.train.snapshots import flat_parameters
-from tests.cases import tiny_checkpoint
+from tests.cases import plane_basis, tiny_checkpoint
 
 GRID = ["--x", "-2:1:4", "--y", "-1:1:3"]
 COMMON = ["--samples", "32", "--no-progress"]
@@ -23,16 +23,8 @@ AB = [(-2.0, 0.0), (-1.0, 1.0), (1.0, 1.0), (0.0, 0.0)]
 def _snapshots(path, model, ab):
     """Snapshots theta + a u + b v (u, v orthonormal, zero on 1-D parameters)."""
     names, shapes, theta = flat_parameters(model)
-    rng = np.random.default_rng(0)
-    m = np.zeros((2, theta.size))
-    i = 0
-    for shape in shapes:
-        k = int(np.prod(shape))
-        if len(shape) > 1:
-            m[:, i:i + k] = rng.normal(size=(2, k))
-        i += k
-    q, _ = np.linalg.qr(m.T)
-    u, v = 0.05 * q[:, 0], 0.05 * q[:, 1]
+    u, v = plane_basis(shapes, seed=0)
+    u, v = 0.05 * u, 0.05 * v
     rows = [theta + a * u + b * v for a, b in ab]
     return write_snapshots(path, rows, [10 * k for k in range(len(ab))], list(range(len(ab))),
                            names=names, shapes=shapes, meta={"model": "vit"})

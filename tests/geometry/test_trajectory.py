@@ -19,6 +19,7 @@ from geomkit.geometry.landscape import (
 )
 from geomkit.io.snapshots import read_snapshots, write_snapshots
 from geomkit.train.snapshots import flat_parameters
+from tests.cases import plane_basis
 
 NAMES = ["w", "b", "v"]
 SHAPES = [(3, 4), (3,), (2, 3)]  # 12 + 3 + 6 = 21 parameters; b is 1-D (a "bias")
@@ -121,16 +122,7 @@ def _plane_model():
 def _in_plane(tmp_path, model, ab):
     """Snapshots theta_c + a u + b v, u and v orthonormal (zero on the biases)."""
     names, shapes, theta = flat_parameters(model)
-    rng = np.random.default_rng(1)
-    m = np.zeros((2, theta.size))
-    i = 0
-    for shape in shapes:
-        k = int(np.prod(shape))
-        if len(shape) > 1:
-            m[:, i:i + k] = rng.normal(size=(2, k))
-        i += k
-    q, _ = np.linalg.qr(m.T)
-    u, v = q[:, 0], q[:, 1]
+    u, v = plane_basis(shapes, seed=1)
     rows = [theta + a * u + b * v for a, b in ab]
     path = write_snapshots(tmp_path / "p.h5", rows, list(range(len(ab))),
                            list(range(len(ab))), names=names, shapes=shapes)
