@@ -173,6 +173,11 @@ class SharpnessTracker:
         cold_check: also run a cold start at each step (what the warm start saves:
             ``cold_hvps``, ``cold_lambda_max``); doubles the cost, for measurements.
         label_smoothing: of the training loss (None: the run's, from ``config``).
+        loss: the loss whose Hessian is tracked, ``ce`` or ``bce`` (None: the run's
+            ``loss`` from ``config``; a BCE run's label smoothing is not applied, as the
+            analyses' ``bce`` takes none). Always on clean probe examples with hard
+            labels: a run trained on mixed (Mixup/CutMix) batches is measured on the data
+            it is meant to fit.
         batch_size: analysis mini-batch (None: the whole probe set at once if it fits).
         seed: the cold start's (and the warm noise's) seed.
         sharpness: sharpness measures of :func:`geomkit.geometry.sharpness.sharpness` to
@@ -198,6 +203,7 @@ class SharpnessTracker:
         precondition: bool = True,
         cold_check: bool = False,
         label_smoothing: float | None = None,
+        loss: str | None = None,
         batch_size: int | None = None,
         seed: int = 0,
         sharpness: dict[str, dict[str, Any]] | None = None,
@@ -227,6 +233,9 @@ class SharpnessTracker:
         self.warm, self.precondition = bool(warm), bool(precondition)
         self.cold_check = bool(cold_check)
         self.label_smoothing = None if label_smoothing is None else float(label_smoothing)
+        if loss not in (None, "ce", "bce"):
+            raise SpecError(f"loss must be ce or bce, got {loss!r}", param="loss")
+        self.loss = loss
         self.batch_size = batch_size
         self.seed = int(seed)
         self.sharpness = {str(k): dict(v) for k, v in (sharpness or {}).items()}
@@ -258,7 +267,8 @@ class SharpnessTracker:
                 "blocks": list(self.blocks), "tol": self.tol, "max_iter": self.max_iter,
                 "warm": self.warm, "precondition": self.precondition,
                 "cold_check": self.cold_check, "label_smoothing": self.label_smoothing,
-                "seed": self.seed, "sharpness": self.sharpness}
+                "seed": self.seed, "sharpness": self.sharpness,
+                **({"loss": self.loss} if self.loss not in (None, "ce") else {})}
 
     def _warm_paths(self) -> tuple[Path, Path] | None:
         if self.out is None:
@@ -281,8 +291,11 @@ class SharpnessTracker:
             if isinstance(self.test, int):
                 x, y = load_split(spec, "test", progress=False)
                 self.test = (x[:self.test], y[:self.test]) if self.test else (x, y)
+        if self.loss is None:
+            self.loss = str(config.get("loss") or "ce")
         if self.label_smoothing is None:
-            self.label_smoothing = float(config.get("label_smoothing") or 0.0)
+            self.label_smoothing = (float(config.get("label_smoothing") or 0.0)
+                                    if self.loss == "ce" else 0.0)
         sam = config.get("optimizer") in ("sam", "asam")
         defaults = {"label": f"{config.get('model', '?')}/{config.get('label') or '?'}",
                     "model": config.get("model", ""),
@@ -384,7 +397,8 @@ class SharpnessTracker:
                     start[b] = v.double() / torch.linalg.vector_norm(v.double()) \
                         + WARM_NOISE * noise
         kw = dict(tol=self.tol, max_iter=self.max_iter, batch_size=self.batch_size,
-                  label_smoothing=self.label_smoothing or 0.0, seed=self.seed,
+                  loss=self.loss or "ce", label_smoothing=self.label_smoothing or 0.0,
+                  seed=self.seed,
                   progress=self.progress)
         r = hessian_eigs(model, x, y, blocks=blocks, regex=regex or None, scale=scale or None,
                          start=start or None, return_vectors=self.warm, **kw)
@@ -414,7 +428,8 @@ class SharpnessTracker:
             from geomkit.geometry.sharpness import sharpness as measure_sharpness
 
             row["sharpness"] = {
-                name: measure_sharpness(model, x, y, **({"label_smoothing":
+                name: measure_sharpness(model, x, y, **({"loss": self.loss or "ce",
+                                                        "label_smoothing":
                                                         self.label_smoothing or 0.0} | kw)
                                         ).blocks["whole"].value
                 for name, kw in self.sharpness.items()}

@@ -324,3 +324,20 @@ def test_sharpness_measures_are_tracked_as_the_measurement_at_those_weights(tmp_
     assert t.sharpness["worst"][0] > 0
     with pytest.raises(SpecError, match="passes the model"):
         SharpnessTracker(8, every=1, sharpness={"x": {"model": None}})
+
+
+def test_a_bce_run_is_tracked_with_its_own_loss(tmp_path):
+    from geomkit.checkpoint import load_checkpoint
+    from geomkit.data import DataSpec, load_split
+
+    tr = SharpnessTracker(32, every=3, tol=1e-6, out=tmp_path / "r" / "track.h5")
+    r = train(_cfg(epochs=1, optimizer="sgd", loss="bce"), tmp_path / "r", progress=False,
+              callbacks=[tr])
+    t = read_track(tmp_path / "r" / "track.h5")
+    assert t.settings["loss"] == "bce"
+    x, y = load_split(DataSpec.from_dict(DATA), "train")
+    model = load_checkpoint(r.checkpoint).model
+    bce = hessian_eigs(model, x[:32], y[:32], loss="bce", tol=1e-6).blocks["whole"]
+    ce = hessian_eigs(model, x[:32], y[:32], tol=1e-6).blocks["whole"]
+    assert t.columns["lambda_max"][-1] == pytest.approx(bce.lambda_max, rel=1e-5)
+    assert abs(bce.lambda_max - ce.lambda_max) > 1e-3 * ce.lambda_max  # the test can fail
