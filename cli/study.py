@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated stages to run (default: {','.join(STAGES)}); "
                    "later stages use what earlier ones left in OUT")
+    p.add_argument("--seeds", default=None, metavar="S1,S2",
+                   help="only these of the study's seeds (e.g. one seed per process: "
+                   "`--stages train --seeds 0` and `--seeds 1` side by side into one --out, "
+                   "then the whole study, which reuses every run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -46,8 +50,22 @@ def _pct(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(100 * v, 2)
 
 
+def _seeds(text: str) -> list[int]:
+    from geomkit.errors import SpecError
+
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SpecError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise SpecError("--seeds names no seed")
+    return seeds
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_study_config(args.study)
+    if args.seeds is not None:
+        config = config.only_seeds(_seeds(args.seeds))
     stages = parse_stages(args.stages)
     r = run_study(config, args.out, force=args.force, stages=stages,
                   progress=not args.no_progress and not args.json)

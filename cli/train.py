@@ -77,8 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="a fixed budget of optimizer steps instead of --epochs (the epochs "
+                   "follow from the training set's size; the last one stops at the budget)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="global batch size")
     p.add_argument("--warmup-epochs", type=nonneg_float, default=2.0)
+    p.add_argument("--warmup-steps", type=nonneg_int, default=None,
+                   help="warmup in optimizer steps (instead of --warmup-epochs)")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--label-smoothing", type=nonneg_float, default=0.0)
     p.add_argument(
@@ -221,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
         momentum=args.momentum,
         rho=args.rho,
         epochs=args.epochs,
+        steps=args.steps,
         batch_size=args.batch_size,
         warmup_epochs=args.warmup_epochs,
+        warmup_steps=args.warmup_steps,
         schedule=args.schedule,
         label_smoothing=args.label_smoothing,
         grad_clip=args.grad_clip or None,
@@ -242,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
                   "base_optimizer": "base_optimizer", "lr": "lr", "weight_decay": "weight_decay",
                   "momentum": "momentum", "rho": "rho", "epochs": "epochs",
                   "batch_size": "batch_size", "warmup_epochs": "warmup_epochs",
+                  "steps": "steps", "warmup_steps": "warmup_steps",
                   "schedule": "schedule", "label_smoothing": "label_smoothing",
                   "grad_clip": "grad_clip", "seed": "seed", "bf16": "bf16",
                   "save_best": "save_best", "data": "data", "data_root": "data",

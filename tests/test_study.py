@@ -393,3 +393,22 @@ def load_sha(path: Path) -> str:
 def test_a_directory_given_as_the_study_is_named_a_directory(tmp_path: Path):
     with pytest.raises(SpecError, match="is a directory, not a study file"):
         load_study_config(str(tmp_path))
+
+
+def test_cli_study_seeds_trains_only_those(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from cli.main import main
+
+    cfg_path = tmp_path / "two.toml"
+    cfg_path.write_text(MICRO.replace('models = ["vit-tiny", "resnet-tiny"]',
+                                      'models = ["resnet-tiny"]')
+                        .replace("seeds = [0]", "seeds = [0, 1]"))
+    out = tmp_path / "study"
+    rc = main(["study", str(cfg_path), "--out", str(out), "--stages", "train", "--seeds", "1",
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "resnet-tiny-sam-s1", "resnet-tiny-vanilla-s1"]
+    capsys.readouterr()
+    rc = main(["study", str(cfg_path), "--out", str(out), "--seeds", "0,7", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "seeds 7 are not the study's" in err and err.count("\n") == 1

@@ -6,9 +6,10 @@ file (YAML too when PyYAML happens to be installed; it is not a dependency)::
     name = "quick"
     description = "digits, three tiny models, vanilla vs SAM"
     models = ["vit-tiny", "mixer-tiny", "resnet-tiny"]
-    optimizers = ["vanilla", "sam"]
+    optimizers = ["vanilla", "sam"]   # also asam, aug, sam-aug (see STUDY_OPTIMIZERS)
     seeds = [0]
     threads = 1           # torch threads while the study runs (0 = torch's default)
+    aug = "medium1"       # the AugReg level of the aug / sam-aug runs
 
     [rho]                 # SAM radius by model name or family (vit / mixer / resnet)
     vit = 0.1
@@ -25,7 +26,7 @@ file (YAML too when PyYAML happens to be installed; it is not a dependency)::
     subsets = [1.0]
 
     [train]               # any geomkit.train.TrainConfig field but model/data/optimizer/seed
-    epochs = 30
+    epochs = 30           # or steps = N: the same budget of optimizer steps for every run
     batch_size = 64
 
     [analysis]            # sample counts of the measurements (see AnalysisSettings)
@@ -62,11 +63,23 @@ from geomkit.data import DataSpec
 from geomkit.data.spec import SEED_RANGE
 from geomkit.errors import GeomkitError, SpecError
 from geomkit.train import TrainConfig
-from geomkit.train.config import BASE_OPTIMIZERS, FAMILY_DEFAULTS, _type_name
+from geomkit.train.config import AUGREG, BASE_OPTIMIZERS, FAMILY_DEFAULTS, _type_name
 
 #: Optimizer names a study accepts: ``vanilla`` (the family's base optimizer, or the one
-#: named in ``[vanilla]``), ``sam`` and ``asam`` (around the same base optimizer).
-STUDY_OPTIMIZERS: tuple[str, ...] = ("vanilla", "sam", "asam")
+#: named in ``[vanilla]``), ``sam`` and ``asam`` (around the same base optimizer), and the
+#: paper's Table 4 methods ``aug`` (vanilla + strong augmentation: RandAugment + Mixup at
+#: the study's ``aug`` AugReg level) and ``sam-aug`` (SAM + the same augmentation).
+STUDY_OPTIMIZERS: tuple[str, ...] = ("vanilla", "sam", "asam", "aug", "sam-aug")
+
+#: The study optimizers that train with strong augmentation (``TrainConfig.augreg``).
+AUG_OPTIMIZERS: tuple[str, ...] = ("aug", "sam-aug")
+
+#: The AugReg level of ``aug`` / ``sam-aug`` when a study names none: ``medium1`` =
+#: RandAugment(2, 15) + Mixup(0.2), the middle of the paper's AUG range (AugReg's light2 ..
+#: heavy2, the levels that combine RandAugment with Mixup): a clearly strong RandAugment
+#: with the lightest Mixup of that range, for models of 0.1-0.2 M parameters that the
+#: heavier mixing would under-fit. A choice, not tuned here: set ``aug`` to compare levels.
+DEFAULT_AUG = "medium1"
 
 #: TrainConfig fields a study sets itself (so ``[train]`` may not).
 _RESERVED_TRAIN = {"model", "model_kwargs", "data", "optimizer", "seed", "label", "rho"}
@@ -391,6 +404,15 @@ class StudyConfig:
     can make them several times slower (measured: vit-tiny 25 epochs 68 s on 1 thread,
     160 s on 2, at load 3 on 2 cores).
 
+    ``aug``: the AugReg level (:data:`geomkit.train.config.AUGREG`, not ``none``) of the
+    ``aug`` / ``sam-aug`` runs (default :data:`DEFAULT_AUG`); ``[train]`` may not set
+    ``augreg`` in a study that has them.
+
+    ``train``: the ``[train]`` table. Its ``steps = N`` gives every run the same budget of
+    N optimizer steps (:attr:`geomkit.train.TrainConfig.steps`): the number of epochs then
+    follows from each run's training-set size, so ``epochs`` may not be given beside it
+    (one or the other, never both).
+
     Use :func:`load_study_config` to read one; :meth:`runs` expands the grid.
     """
 
@@ -412,6 +434,7 @@ class StudyConfig:
     threads: int = 0
     origin: str = ""
     checkpoints: tuple[ExternalRun, ...] = ()
+    aug: str = DEFAULT_AUG
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -478,6 +501,15 @@ class StudyConfig:
             need(isinstance(v, dict), f"model_kwargs.{k} must be a table, got {v!r}")
         need(isinstance(self.data, DataSpec), "data must be a DataSpec")
         need(isinstance(self.train, dict), "train must be a table")
+        need(isinstance(self.aug, str) and self.aug in AUGREG and self.aug != "none",
+             f"aug must be an AugReg level, one of {', '.join(a for a in AUGREG if a != 'none')}"
+             f", got {self.aug!r} ({_type_name(self.aug)})")
+        need(not ("augreg" in self.train and set(self.optimizers) & set(AUG_OPTIMIZERS)),
+             "[train] may not set augreg in a study with aug / sam-aug runs (their level is "
+             "the top-level aug; the other runs train without strong augmentation)")
+        need(not ("steps" in self.train and "epochs" in self.train),
+             "[train] sets both steps and epochs; give one: steps = N is the same budget of "
+             "optimizer steps for every run (its epochs follow from each training set's size)")
         bad = sorted(set(self.train) & (_RESERVED_TRAIN | ({"lr"} if self.lr else set())))
         need(not bad, f"[train] may not set {', '.join(bad)} (the study sets them)")
         names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -577,13 +609,16 @@ class StudyConfig:
                             model=model,
                             model_kwargs=dict(self.model_kwargs.get(model, {})),
                             data=data,
-                            optimizer=base if opt == "vanilla" else opt,
+                            optimizer=base if opt in ("vanilla", "aug")
+                            else "sam" if opt == "sam-aug" else opt,
                             base_optimizer=base,
                             seed=int(seed),
                             label=opt,
                         )
-                        if opt != "vanilla":
+                        if opt not in ("vanilla", "aug"):
                             kw["rho"] = self.rho_for(model)
+                        if opt in AUG_OPTIMIZERS:
+                            kw["augreg"] = self.aug
                         lr = self._by_model(self.lr, model)
                         if lr is not None:
                             kw["lr"] = float(lr)
@@ -614,6 +649,15 @@ class StudyConfig:
             d["landscape"][k] = list(d["landscape"][k])
         return d
 
+    def only_seeds(self, seeds: list[int]) -> StudyConfig:
+        """The study restricted to some of its seeds (one process per seed; the runs are
+        the same as the whole study's, so the whole study reuses them)."""
+        unknown = [s for s in seeds if s not in self.seeds]
+        if unknown:
+            raise SpecError(f"seeds {', '.join(map(str, unknown))} are not the study's; it "
+                            f"has {', '.join(map(str, self.seeds))}", param="seeds")
+        return self.replace(seeds=tuple(dict.fromkeys(seeds)))
+
     def replace(self, **changes: Any) -> StudyConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -643,7 +687,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
         raise SpecError(f"a study file must hold a table at the top, got {type(d).__name__}")
     top = {"name", "description", "models", "optimizers", "seeds", "rho", "lr", "vanilla",
            "model_kwargs", "data", "train", "analysis", "landscape", "subsets", "threads",
-           "origin", "checkpoints", "track"}
+           "origin", "checkpoints", "track", "aug"}
     unknown = sorted(set(d) - top)
     if unknown:
         raise SpecError(f"unknown study key(s) {', '.join(unknown)}; "
@@ -667,7 +711,9 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
     if bad:
         raise SpecError(f"unknown [track] key(s) {', '.join(bad)}; "
                         f"valid: {', '.join(sorted(t_names))}")
-    train = {"epochs": 30, "batch_size": 64} | _table(d, "train")
+    train = _table(d, "train")
+    # steps = N is the budget (epochs follow from it); else 30 epochs unless given
+    train = ({} if "steps" in train else {"epochs": 30}) | {"batch_size": 64} | train
     entries = d.get("checkpoints", [])
     if not isinstance(entries, list):
         raise SpecError(f"checkpoints must be a list of tables ([[checkpoints]]), got "
@@ -700,6 +746,7 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
             track=TrackSettings(**track),
             threads=d.get("threads", 0),
             origin=str(source or d.get("origin", "")),
+            aug=d.get("aug", DEFAULT_AUG),
         )
     except SpecError:
         raise

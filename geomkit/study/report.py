@@ -4,7 +4,10 @@
 the figures into ``DIR/figures/`` and writes ``DIR/report.md`` and ``DIR/report.html``
 (the HTML by :func:`markdown_to_html`, a small converter for the subset of Markdown the
 report uses: headings, paragraphs, lists, pipe tables, images, ``code`` and **bold**).
-:func:`findings` states which of the paper's orderings hold, from the numbers.
+:func:`findings` states which of the paper's orderings hold, from the numbers. A study
+with several subsets and the Table 4 methods (vanilla, sam, aug, sam-aug) also gets
+:func:`table4_markdown`: the paper's Table 4 layout beside its numbers, λ_max, sharpness
+and the final training loss in the same layout, and :func:`table4_findings`.
 """
 
 from __future__ import annotations
@@ -217,6 +220,70 @@ def sharpness_markdown(view: StudyView, sam: str = "sam") -> list[str]:
 
 # -- tables --------------------------------------------------------------------------------
 
+def training_markdown(view: StudyView) -> list[str]:
+    """"Geometry during training": per run with a track, λ_max (or λ_max(P⁻¹H) for
+    Adam/AdamW) at the first and last tracked step, its largest value and how it stood
+    against the edge-of-stability line; per trajectory surface, how well the PCA plane
+    holds the path (explained variance, distance from the plane, true loss vs surface)."""
+    import numpy as np
+
+    from geomkit.io.track import read_track
+    from geomkit.plot import DISAGREE, read_trajectory, track_series
+
+    rows = [r for r in view.rows if r.get("track")]
+    out: list[str] = []
+    if rows:
+        table = []
+        for r in rows:
+            t = read_track(r["track"])
+            what, step, lam, thr = track_series(t)
+            ok = np.isfinite(lam)
+            if not ok.any():
+                continue
+            lam_ok, step_ok, thr_ok = lam[ok], step[ok], thr[ok]
+            ratio = lam_ok / thr_ok
+            near = np.isfinite(ratio) & (ratio >= 0.5)
+            table.append([r["run"], what, str(len(t)), _g(float(lam_ok[0])),
+                          _g(float(lam_ok.max())) + f" (step {int(step_ok[lam_ok.argmax()])})",
+                          _g(float(lam_ok[-1])),
+                          _g(float(np.nanmax(ratio))) if np.isfinite(ratio).any() else "-",
+                          str(int(near.sum()))])
+        if table:
+            out += ["## Geometry during training", "",
+                    "λ_max on the probe set every "
+                    f"{read_track(rows[0]['track']).settings.get('every')} steps "
+                    "(Adam/AdamW runs: the preconditioned λ_max(P⁻¹H), the quantity whose edge "
+                    "of stability is (2+2β₁)/((1−β₁)η)); \"max / threshold\": the largest "
+                    "ratio to the optimizer's edge-of-stability line at that step's learning "
+                    "rate, \"≥ ½ line\": tracked steps at or above half of it.", "",
+                    md_table(["run", "quantity", "steps tracked", "first", "max", "last",
+                              "max / threshold", "≥ ½ line"], table), ""]
+    traj = [r for r in view.rows if r.get("trajectory")]
+    table = []
+    for r in traj:
+        tr = read_trajectory(r["trajectory"])
+        if tr is None:
+            continue
+        evr = tr.explained_variance_ratio
+        res, dist = np.asarray(tr.residual, float), np.asarray(tr.distance, float)
+        off = float(np.nanmax(res) / max(float(np.nanmax(dist)), 1e-12))
+        table.append([r["run"], str(len(tr.a)), _g(100 * float(np.nansum(evr[:2])), 3),
+                      _g(off),
+                      f"{int(tr.disagrees().sum())} / {int((~tr.outside()).sum())}",
+                      _g(float(np.nanmax(tr.disagreement()))
+                         if np.isfinite(tr.disagreement()).any() else float("nan"))])
+    if table:
+        out += ["Trajectory surfaces (Li et al. 2018, §7): how much of the path the PCA "
+                "plane holds. \"off-plane\": the largest distance of a snapshot from the "
+                "plane over the largest distance of one from the final weights; \"off the "
+                "surface\": "
+                f"snapshots whose true loss differs from the surface under them by more than "
+                f"{100 * DISAGREE:g} % (the known fault of trajectory plots, measured).", "",
+                md_table(["run", "snapshots", "PC1+PC2 (%)", "max off-plane",
+                          "off the surface", "largest relative gap"], table), ""]
+    return out
+
+
 def _groups(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Rows grouped by (model, optimizer, subset), over seeds, in study order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -293,6 +360,218 @@ def paper_side_by_side(view: StudyView) -> dict[int, str]:
         return {}
     return {1: tables.render(tables.table1(mine, with_paper=True), "md"),
             3: tables.render(tables.table3(mine, with_paper=True), "md")}
+
+
+# -- Table 4: subsets x vanilla / SAM / AUG / SAM+AUG -------------------------------------
+
+#: The paper's Table 4 methods, in its column order, with the study's optimizer labels.
+TABLE4_METHODS: tuple[tuple[str, str], ...] = (
+    ("vanilla", "Vanilla"), ("sam", "SAM"), ("aug", "AUG"), ("sam-aug", "SAM+AUG"))
+_PAPER_FRACTIONS = {"imagenet": 1.0, "1/2": 0.5, "1/4": 0.25, "1/10": 0.1}
+_PAPER_FAMILIES = (("resnet", "resnet"), ("vit", "vit"), ("mixer", "mixer"))
+
+
+def paper_table4() -> tuple[dict[str, str], dict[tuple[str, str], dict[float, float]]]:
+    """The paper's Table 4 from ``reference/paper_tables.md``: family → the paper's model
+    (``vit`` → ``ViT-B/16``), and (family, method label) → {training-set fraction → top-1 %}."""
+    from geomkit.tables import paper_tables
+
+    t = paper_tables().get(4)
+    models: dict[str, str] = {}
+    out: dict[tuple[str, str], dict[float, float]] = {}
+    if t is None:
+        return models, out
+    methods = {title.lower(): label for label, title in TABLE4_METHODS}
+    cols: list[tuple[str, str] | None] = []
+    fam = None
+    for h in t.header:
+        words = h.split()
+        if len(words) == 2 and words[1].lower() == "vanilla":
+            fam = next((f for key, f in _PAPER_FAMILIES if words[0].lower().startswith(key)),
+                       None)
+            if fam is not None:
+                models[fam] = words[0]
+        label = methods.get(words[-1].lower()) if words else None
+        cols.append((fam, label) if fam is not None and label is not None else None)
+    for row in t.rows:
+        frac = _PAPER_FRACTIONS.get(str(row[0]).strip().lower())
+        if frac is None:
+            continue
+        for col, v in zip(cols, row, strict=False):
+            if col is not None and isinstance(v, float):
+                out.setdefault(col, {})[frac] = v
+    return models, out
+
+
+def _frac(f: float) -> str:
+    """A training-set fraction as the paper writes it: 1, 1/2, 1/4, 1/10 (else 0.3)."""
+    if f == 1:
+        return "1"
+    inv = 1 / f
+    return f"1/{round(inv)}" if abs(inv - round(inv)) < 1e-9 else f"{f:g}"
+
+
+def _t4_rows(view: StudyView) -> dict[tuple[str, str], dict[float, list[dict[str, Any]]]]:
+    """(model, method) → subset → the rows (one per seed) of the Table 4 methods."""
+    labels = {m for m, _ in TABLE4_METHODS}
+    out: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = {}
+    for r in view.rows:
+        if r["optimizer"] in labels:
+            out.setdefault((r["model"], r["optimizer"]), {}).setdefault(
+                float(r["subset"]), []).append(r)
+    order = {m: i for i, (m, _) in enumerate(TABLE4_METHODS)}
+    models = list(dict.fromkeys(r["model"] for r in view.rows))
+    return dict(sorted(out.items(), key=lambda kv: (models.index(kv[0][0]), order[kv[0][1]])))
+
+
+def _t4_mean(rs: Sequence[dict[str, Any]], get: Any) -> tuple[float, int]:
+    vals = [float(get(r)) for r in rs if _finite(get(r))]
+    return (float(np.mean(vals)) if vals else math.nan), len(vals)
+
+
+#: The quantities laid out as Table 4: (title, row -> value, scale, digits, with the paper).
+TABLE4_QUANTITIES: tuple[tuple[str, Any, float, int, bool], ...] = (
+    ("Test accuracy (%)", lambda r: r.get("test_acc"), 100.0, 4, True),
+    ("λ_max of the whole model (Hessian of the training loss)",
+     lambda r: (r.get("lambda_max") or {}).get("whole"), 1.0, 3, False),
+    ("S_max (adaptive worst-case m-sharpness, whole model)",
+     lambda r: (r.get("sharpness") or {}).get("whole"), 1.0, 3, False),
+    ("L^N_train − L_train (training loss under Gaussian weight noise, minus the loss)",
+     SHARPNESS_MEASURES[1][1], 1.0, 3, False),
+    ("Final training loss (the objective: on the augmented, Mixup-ed batches for AUG and "
+     "SAM+AUG, so not comparable with vanilla's and SAM's)",
+     lambda r: r.get("train_loss"), 1.0, 3, False),
+)
+
+
+def table4_markdown(view: StudyView, config: StudyConfig) -> list[str]:
+    """The paper's Table 4 for the study (empty unless it has more than one subset and a
+    Table 4 method): rows model × method, columns the subsets (largest first), cells mean
+    ± std over seeds; the test accuracy beside the paper's numbers (ImageNet, the model of
+    the run's family), then λ_max, the sharpness measures (when measured) and the final
+    training loss in the same layout, and :func:`table4_findings`."""
+    groups = _t4_rows(view)
+    subsets = sorted({f for g in groups.values() for f in g}, reverse=True)
+    if len(subsets) < 2 or not groups:
+        return []
+    pmodels, paper = paper_table4()
+    seeds = sorted({r["seed"] for g in groups.values() for rs in g.values() for r in rs})
+    titles = dict(TABLE4_METHODS)
+    aug = (f"AUG = RandAugment + Mixup at AugReg level `{config.aug}`"
+           if {"aug", "sam-aug"} & {m for _, m in groups} else "")
+    lines = ["## Table 4: training-set subsets, SAM and strong augmentation", "",
+             f"The paper's Table 4 at this scale: {config.data.source}, fractions "
+             + ", ".join(_frac(f) for f in subsets) + " of the training set"
+             + (f", a fixed budget of {config.train['steps']} optimizer steps per run"
+                if config.train.get("steps") else "")
+             + f"; mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+             + (f"; {aug}" if aug else "") + ".", ""]
+    head = ["model", "method"] + [_frac(f) for f in subsets]
+    for title, get, scale, digits, with_paper in TABLE4_QUANTITIES:
+        body = []
+        for (model, method), g in groups.items():
+            cells = [_cell([get(r) for r in g.get(f, [])], scale, digits) for f in subsets]
+            if not any(c != "–" for c in cells):
+                continue
+            row = [model, titles[method], *cells]
+            if with_paper:
+                fam = _family_of(view, model)
+                pv = paper.get((fam, method), {})
+                row.append(" / ".join(f"{pv[f]:g}" if f in pv else "–" for f in subsets)
+                           if pv else "–")
+            body.append(row)
+        if not body:
+            continue
+        extra = []
+        if with_paper:
+            names = ", ".join(f"{f} → {m}" for f, m in pmodels.items())
+            extra = [f"paper ({' / '.join(_frac(f) for f in subsets)} of ImageNet)"]
+            title += f"; paper: ImageNet top-1 of the family's model ({names})"
+        lines += [f"{title}:", "", md_table(head + extra, body), ""]
+    lines += ["Table 4's findings at this scale, from the numbers above:", ""]
+    for f in table4_findings(view):
+        lines.append(f"- **{f.claim}: {f.verdict}.** {f.detail}")
+    return lines + [""]
+
+
+def _family_of(view: StudyView, model: str) -> str:
+    """The family of a model label as the study's rows record it."""
+    return next((r["family"] for r in view.rows if r["model"] == model), "other")
+
+
+def table4_findings(view: StudyView) -> list[Finding]:
+    """Table 4's three findings on the study's numbers (each cell's mean over seeds):
+    SAM's gain over vanilla grows as the training set shrinks; AUG lowers λ_max (flattens
+    the minimum) as SAM does; SAM+AUG is more accurate than both SAM and AUG."""
+    groups = _t4_rows(view)
+    subsets = sorted({f for g in groups.values() for f in g}, reverse=True)
+    models = list(dict.fromkeys(m for m, _ in groups))
+    acc = TABLE4_QUANTITIES[0][1]
+    lam = TABLE4_QUANTITIES[1][1]
+
+    def mean(model: str, method: str, f: float, get: Any) -> tuple[float, int]:
+        return _t4_mean(groups.get((model, method), {}).get(f, []), get)
+
+    out: list[Finding] = []
+    # 1. SAM's gain grows as the data shrink: largest vs smallest subset, per model
+    ok = total = 0
+    parts = []
+    for m in models:
+        gains = []
+        for f in subsets:
+            (v, nv), (s, ns) = mean(m, "vanilla", f, acc), mean(m, "sam", f, acc)
+            if math.isfinite(v) and math.isfinite(s):
+                gains.append((f, 100 * (s - v), min(nv, ns)))
+        if len(gains) >= 2 and gains[0][0] != gains[-1][0]:
+            total += 1
+            ok += gains[-1][1] > gains[0][1]
+            parts.append(f"{m}: SAM − vanilla " + ", ".join(
+                f"{g:+.2f} at {_frac(f)}" for f, g, _ in gains)
+                + f" points ({min(n for *_, n in gains)} seeds)")
+    out.append(Finding("SAM's accuracy gain over vanilla grows as the training set shrinks",
+                       _verdict(ok, total), "; ".join(parts) or "not measured"))
+    # 2. AUG flattens the minimum (lower λ_max than vanilla), as SAM does
+    ok = total = sam_ok = sam_total = 0
+    parts = []
+    for m in models:
+        for f in subsets:
+            (v, nv), (a, na) = mean(m, "vanilla", f, lam), mean(m, "aug", f, lam)
+            s, ns = mean(m, "sam", f, lam)
+            if not (math.isfinite(v) and math.isfinite(a)):
+                continue
+            total += 1
+            ok += a < v
+            sam_part = ""
+            if math.isfinite(s):
+                sam_total += 1
+                sam_ok += s < v
+                sam_part = f", SAM {_g(s)}"
+            parts.append(f"{m} @{_frac(f)}: vanilla {_g(v)}, AUG {_g(a)}{sam_part} "
+                         f"({min(nv, na)} seeds)")
+    detail = (f"AUG below vanilla in {ok} of {total} (model, subset) cells"
+              + (f", SAM below vanilla in {sam_ok} of {sam_total}" if sam_total else "")
+              + ("; whole-model λ_max " + "; ".join(parts[:8])
+                 + (" …" if len(parts) > 8 else "") if parts else ""))
+    out.append(Finding("AUG flattens the minimum (lower whole-model λ_max than vanilla) "
+                       "like SAM", _verdict(ok, total), detail if total else "not measured"))
+    # 3. SAM+AUG beats both
+    ok = total = 0
+    parts = []
+    for m in models:
+        for f in subsets:
+            (b, nb), (s, ns), (a, na) = (mean(m, k, f, acc) for k in ("sam-aug", "sam", "aug"))
+            if not all(math.isfinite(x) for x in (b, s, a)):
+                continue
+            total += 1
+            ok += b > max(s, a)
+            parts.append(f"{m} @{_frac(f)}: SAM+AUG {100 * b:.2f} vs SAM {100 * s:.2f}, "
+                         f"AUG {100 * a:.2f} ({min(nb, ns, na)} seeds)")
+    out.append(Finding("SAM+AUG is more accurate than both SAM and AUG",
+                       _verdict(ok, total),
+                       (f"in {ok} of {total} (model, subset) cells; test accuracy (%) "
+                        + "; ".join(parts[:8]) + (" …" if len(parts) > 8 else ""))
+                       if total else "not measured"))
+    return out
 
 
 # -- figures and the report ----------------------------------------------------------------
@@ -399,7 +678,10 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
             + ", ".join(f"{s:g}" for s in config.subsets),
             f"- models: {', '.join(config.models)}; optimizers: {', '.join(config.optimizers)}; "
             f"seeds: {', '.join(map(str, config.seeds))}",
-            f"- training: {config.train.get('epochs')} epochs, batch "
+            "- training: "
+            + (f"{config.train['steps']} optimizer steps per run" if config.train.get("steps")
+               else f"{config.train.get('epochs')} epochs")
+            + f", batch "
             f"{config.train.get('batch_size')}; SAM ρ: "
             + ", ".join(f"{m} {config.rho_for(m):g}" for m in config.models)]
     if config.checkpoints:
@@ -451,7 +733,9 @@ def report_markdown(view: StudyView, config: StudyConfig, figures: dict[str, Pat
         lines += ["This study" + (", mean ± std over seeds" if several else "")
                   + " (‖a_k‖₂: output norm of the first, middle and last block):", "",
                   table3_markdown(rows), ""]
+    lines += table4_markdown(view, config)
     lines += sharpness_markdown(view)
+    lines += training_markdown(view)
     if figures:
         lines += ["## Figures", ""]
         for name, path in figures.items():

@@ -36,7 +36,8 @@ STAGES: tuple[str, ...] = ("train", "analyze", "landscape", "report")
 #: Training-config fields that must match for a stored checkpoint to count as the run's.
 _MATCH_KEYS = ("model", "optimizer", "base_optimizer", "lr", "weight_decay", "momentum", "rho",
                "epochs", "batch_size", "warmup_epochs", "schedule", "label_smoothing",
-               "grad_clip", "seed")
+               "grad_clip", "seed", "steps", "warmup_steps", "augreg", "augmix",
+               "augmix_severity", "jsd_weight", "loss")
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,14 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 def _mismatch(run: RunSpec, ck: Any) -> str | None:
     """Why a stored checkpoint is not this run's (None if it is)."""
     from geomkit.data import DataSpec
+    from geomkit.train import TrainConfig
 
     want = run.train_config.resolved(model_family(run.model)).to_dict()
-    have = ck.config
+    # a checkpoint from before a field existed was trained with its default
+    have = TrainConfig().to_dict() | ck.config
     for k in _MATCH_KEYS:
+        if k == "epochs" and want.get("steps") is not None:
+            continue  # a step budget's epochs follow from the data (the stored ones count)
         a, b = have.get(k), want.get(k)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             if float(a) != float(b):
@@ -149,6 +154,16 @@ def _mismatch(run: RunSpec, ck: Any) -> str | None:
     if ck.data_spec != DataSpec.from_dict(run.train_config.data):
         return "another data spec"
     return None
+
+
+def _finished(run: RunSpec, ck: Any) -> bool:
+    """Whether a stored checkpoint (of this run, see :func:`_mismatch`) reached its end: the
+    study's epochs, or under a step budget the epochs that budget resolved to when the run
+    started (``ck.config["epochs"]``; the study cannot know them without the data)."""
+    assert run.train_config is not None
+    if run.train_config.steps is not None:
+        return ck.epoch >= int(ck.config.get("epochs", 0)) > 0
+    return ck.epoch >= run.train_config.epochs
 
 
 def _record(run: RunSpec, path: Path, status: str, ck: Any) -> RunRecord:
@@ -212,7 +227,7 @@ def train_stage(config: StudyConfig, out_dir: str | Path, *, force: bool = False
             if why:
                 raise SpecError(f"{path} was trained with {why}; pass force to retrain or "
                                 "use another output directory", param="force")
-            if ck.epoch >= run.train_config.epochs:
+            if _finished(run, ck):
                 records.append(_record(run, path, "reused", ck))
                 continue
         if not train:

@@ -97,11 +97,14 @@ class StudyView:
         p = self.row(run).get("density")
         return read_density(p) if p else None
 
-    def pairs(self, sam: str = "sam") -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(vanilla row, SAM row) of the same model, seed and subset."""
+    def pairs(self, sam: str = "sam", base: str = "vanilla"
+              ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(``base`` row, ``sam`` row) of the same model, seed and subset: vanilla vs SAM by
+        default; ``pairs("sam-aug", base="aug")`` pairs the augmented runs (the ``aug`` and
+        ``sam-aug`` rows never pair with the plain ones unless asked)."""
         by = {(r["model"], r["seed"], r["subset"], r["optimizer"]): r for r in self.rows}
         return [(r, by[(r["model"], r["seed"], r["subset"], sam)]) for r in self.rows
-                if r["optimizer"] == "vanilla" and (r["model"], r["seed"], r["subset"], sam) in by]
+                if r["optimizer"] == base and (r["model"], r["seed"], r["subset"], sam) in by]
 
 
 def _measured(rec: Any) -> dict[str, Any]:

@@ -49,6 +49,17 @@ class TrainConfig:
     cross-entropy) or ``bce`` (sigmoid binary cross-entropy per class); both take the soft
     targets of Mixup and fold ``label_smoothing`` in. Dropout and drop path are model
     arguments (``model_kwargs``: ``drop_rate``, ``drop_path_rate``).
+
+    A fixed budget of optimizer steps (default ``None``: ``epochs`` decides): with
+    ``steps`` set, :func:`~geomkit.train.train` takes exactly that many optimizer steps,
+    whatever the training set's size. ``epochs`` is then ignored and replaced by
+    ``ceil(steps / steps_per_epoch)`` of the real training set (the checkpoint stores that
+    resolved value, so ``checkpoint.epoch >= config["epochs"]`` still means finished), the
+    lr schedule decays over ``steps`` (the warmup stays ``warmup_epochs`` epochs of the
+    real set, unless ``warmup_steps`` is set: then the warmup is that many steps, on any
+    training set) and the last epoch stops at the budget (its evaluation, checkpoint and
+    callbacks still run). ``warmup_steps`` (default ``None``: ``warmup_epochs`` decides)
+    applies to plain runs too.
     """
 
     model: str = "vit-tiny"
@@ -61,8 +72,10 @@ class TrainConfig:
     momentum: float = 0.9
     rho: float | None = None
     epochs: int = 30
+    steps: int | None = None
     batch_size: int = 64
     warmup_epochs: float = 2.0
+    warmup_steps: int | None = None
     schedule: str = "cosine"
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0
@@ -156,8 +169,10 @@ _FIELD_TYPES: dict[str, tuple[str, float | None, bool]] = {
     "momentum": ("float", 0, False),
     "rho": ("float", 0, True),
     "epochs": ("int", 1, False),
+    "steps": ("int", 1, True),
     "batch_size": ("int", 1, False),
     "warmup_epochs": ("float", 0, False),
+    "warmup_steps": ("int", 0, True),
     "schedule": ("str", None, False),
     "label_smoothing": ("float", 0, False),
     "grad_clip": ("float", 0, True),

@@ -268,6 +268,10 @@ def train(
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write ``out_dir/last.pt`` after every epoch.
 
+    ``cfg.epochs`` epochs, or, with ``cfg.steps`` set, exactly that many optimizer steps
+    (``ceil(steps / steps_per_epoch)`` epochs, the last one cut at the budget; see
+    :class:`TrainConfig`).
+
     With ``resume=True`` and an existing ``out_dir/last.pt`` the run continues from it
     (its stored configuration wins over ``cfg``, except ``cfg.device``, where it runs now;
     the optimizer state follows the parameters to that device); a finished run returns
@@ -352,8 +356,15 @@ def train(
     if steps_per_epoch < 1:
         raise SpecError(f"batch_size {cfg.batch_size} exceeds the {n} training examples",
                            param="batch_size")
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.steps is not None:
+        # a fixed budget of optimizer steps: the epochs it takes on this training set
+        # (stored in the checkpoint, so a finished run reads as finished on resume)
+        cfg = dataclasses.replace(cfg, epochs=math.ceil(cfg.steps / steps_per_epoch))
+        total = cfg.steps
+    else:
+        total = steps_per_epoch * cfg.epochs
+    warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
+              else int(round(cfg.warmup_epochs * steps_per_epoch)))
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if cfg.bf16 and device.type == "cuda"
@@ -361,7 +372,8 @@ def train(
     )
     run_config = cfg.to_dict() | {"model_kwargs": kwargs}
     history: list[dict[str, Any]] = list(prior_metrics.get("history", []))
-    step = start_epoch * steps_per_epoch
+    step = start_epoch * steps_per_epoch if cfg.steps is None else min(
+        start_epoch * steps_per_epoch, cfg.steps)
     t0 = time.perf_counter()
     seen = 0
     train_loss = prior_metrics.get("train_loss", math.nan)
@@ -421,6 +433,8 @@ def train(
             torch.manual_seed(cfg.seed * 1000 + epoch + GLOBAL_RNG_OFFSET)
             run_loss, run_n = 0.0, 0
             for b in range(steps_per_epoch):
+                if cfg.steps is not None and step >= cfg.steps:
+                    break  # the budget ends inside the last epoch
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 idx = idx[distributed.shard_range(len(idx), rank, world)]
                 xb = x_train[idx]
