@@ -13,8 +13,16 @@ from torch import nn
 
 from geomkit.errors import ModelError
 from geomkit.models._registry import register
-from geomkit.models.layers import PatchEmbed, default_patch_size, init_weights
-from geomkit.models.vit import DropPath, apply, check_rate, drop_path_rates, mlp
+from geomkit.models.layers import (
+    DropPath,
+    PatchEmbed,
+    apply,
+    check_rate,
+    default_patch_size,
+    drop_path_rates,
+    init_weights,
+    mlp,
+)
 
 
 class MixerBlock(nn.Module):

@@ -13,70 +13,22 @@ the identity.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from geomkit.errors import ModelError
 from geomkit.models._registry import register
-from geomkit.models.layers import Attention, Mlp, PatchEmbed, default_patch_size, init_weights
-
-
-def check_rate(name: str, rate: float) -> float:
-    """``rate`` as a float in [0, 1), else a :class:`ModelError` naming ``name``."""
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
-        raise ModelError(f"{name} must be a number in [0, 1), got {rate!r}")
-    return float(rate)
-
-
-def drop_path_rates(rate: float, depth: int) -> list[float]:
-    """Stochastic-depth rates of ``depth`` blocks, linear from 0 to ``rate`` (timm's rule)."""
-    return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): in training, each sample's residual branch is
-    zeroed with probability ``p`` and kept ones are scaled by 1/(1 − p); identity in eval."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = check_rate("drop_path_rate", p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class DropMlp(Mlp):
-    """timm's Mlp with dropout: ``fc1 → act → drop1 → fc2 → drop2`` (same parameters and
-    module names as :class:`~geomkit.models.layers.Mlp`, which it is)."""
-
-    def __init__(self, in_features: int, hidden: int, act: str = "gelu", drop: float = 0.0):
-        super().__init__(in_features, hidden, act=act)
-        self.drop1 = nn.Dropout(drop)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
-def mlp(in_features: int, hidden: int, act: str, drop: float) -> Mlp:
-    """:class:`Mlp`, or :class:`DropMlp` when ``drop`` > 0."""
-    if drop > 0:
-        return DropMlp(in_features, hidden, act=act, drop=drop)
-    return Mlp(in_features, hidden, act=act)
-
-
-def apply(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, or ``x`` when the (switched-off) module is ``None``."""
-    return x if module is None else module(x)
+from geomkit.models.layers import (
+    Attention,
+    DropPath,
+    PatchEmbed,
+    apply,
+    check_rate,
+    default_patch_size,
+    drop_path_rates,
+    init_weights,
+    mlp,
+)
 
 
 class Block(nn.Module):
