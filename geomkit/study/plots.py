@@ -14,7 +14,8 @@ import numpy as np
 
 from geomkit.study.view import COLUMN_TITLES, COLUMNS, lambda_columns, read_density
 
-COLORS = {"vanilla": "#4C72B0", "sam": "#DD8452", "asam": "#55A868"}
+COLORS = {"vanilla": "#4C72B0", "sam": "#DD8452", "asam": "#55A868", "aug": "#C44E52",
+          "sam-aug": "#937860"}
 
 
 def _color(opt: str) -> str:
