@@ -816,8 +816,16 @@ def plot_track(tracks: Sequence, *, log: bool = False, labels: Sequence[str] | N
         whats.append(what)
     ax.set_xlabel("step")
     ax.set_ylabel(" / ".join(dict.fromkeys(whats)))
+    # the threshold grows without bound as the learning rate decays to 0 (1e10 at the end
+    # of a cosine schedule): the axis follows the λ values, the line shows where it is near
+    lams = np.concatenate([lam[_finite(lam)] for _, _, lam, _ in series])
     if log:
         ax.set_yscale("log")
+        pos = lams[lams > 0]
+        if pos.size:
+            ax.set_ylim(float(pos.min()) / 3, float(pos.max()) * 30)
+    elif lams.size:
+        ax.set_ylim(min(0.0, float(lams.min()) * 1.2), float(lams.max()) * 1.6)
     ax.set_title("sharpness (dashed: edge-of-stability threshold)", fontsize=9)
     ax.legend(fontsize=7)
     if losses:

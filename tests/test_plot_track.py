@@ -93,3 +93,17 @@ def test_titles_must_match_the_files(tmp_path, capsys, titles):
     rc = main(["plot", str(a), "--titles", titles, "--out", str(tmp_path / "t")])
     _, err = capsys.readouterr()
     assert rc == 2 and "--titles" in err
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_the_axis_follows_lambda_not_a_threshold_that_runs_away(tmp_path, log):
+    """At the end of a cosine schedule lr → 0 and the threshold → 1e10: the λ values must
+    stay readable, the line drawn where it comes near them."""
+    from geomkit.plot import plot_track
+
+    path = _track(tmp_path / "t.h5", "r", "sgd")
+    with h5py.File(path, "a") as f:
+        del f["threshold"]
+        f.create_dataset("threshold", data=np.array([40.0, 50, 80, 1e3, 1e6, 1e10]))
+    lo, hi = plot_track([path], log=log).axes[0].get_ylim()
+    assert hi < 1e3 and lo < 1.0  # λ runs 1 .. 20
