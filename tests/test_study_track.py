@@ -25,6 +25,7 @@ trajectory_grid = 3
 """
 
 
+@pytest.mark.slow
 def test_a_tracked_study_draws_sharpness_during_training_and_trajectories(tmp_path: Path):
     cfg_path = tmp_path / "tracked.toml"
     cfg_path.write_text(TRACKED)

@@ -239,30 +239,41 @@ _KILL = textwrap.dedent("""
 """)
 
 
+_KILL_CFG = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=3, batch_size=32,
+                 warmup_epochs=0.5)
+
+
+def _run_script(tmp, out, kill_at):
+    script = tmp / f"kill{kill_at}.py"
+    script.write_text(_KILL.format(cfg=_KILL_CFG, kill=kill_at))
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.run([sys.executable, str(script), str(out)], env=env,
+                          capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_track(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    p = _run_script(tmp, tmp / "ref", -1)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    return read_track(tmp / "ref" / "track.h5")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", [5, 7])
-def test_tracking_resumes_after_sigkill_with_the_uninterrupted_series(tmp_path, kill):
+def test_tracking_resumes_after_sigkill_with_the_uninterrupted_series(tmp_path, kill,
+                                                                      uninterrupted_track):
     """Killed at step 5 (row 4 written after the checkpoint of step 3) or 7 (after the
     epoch-2 checkpoint at step 6; rows 2, 4, 6 kept): the resumed series equals an
-    uninterrupted run's, every column but the timing bit for bit. (All three runs are
+    uninterrupted run's, every column but the timing bit for bit. (All runs are
     subprocesses: the same threads, so the same float32 reductions.)"""
-    cfg = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=3, batch_size=32,
-               warmup_epochs=0.5)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-
-    def run_script(out, kill_at):
-        script = tmp_path / f"kill{kill_at}.py"
-        script.write_text(_KILL.format(cfg=cfg, kill=kill_at))
-        return subprocess.run([sys.executable, str(script), str(out)], env=env,
-                              capture_output=True, timeout=300)
-
     run = tmp_path / "run"
-    p = run_script(run, kill)
+    p = _run_script(tmp_path, run, kill)
     assert p.returncode == -9, p.stderr.decode()[-2000:]
     assert read_track(run / "track.h5").columns["step"].max() == kill - 1
-    for out in (run, tmp_path / "ref"):  # resume; an uninterrupted run
-        p = run_script(out, -1)
-        assert p.returncode == 0, p.stderr.decode()[-2000:]
-    a, b = read_track(run / "track.h5"), read_track(tmp_path / "ref" / "track.h5")
+    p = _run_script(tmp_path, run, -1)  # the resume
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    a, b = read_track(run / "track.h5"), uninterrupted_track
     assert a.columns["step"].tolist() == [2, 4, 6, 8]
     for k in INT_COLUMNS + FLOAT_COLUMNS:
         if k != "seconds":
