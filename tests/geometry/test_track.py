@@ -20,20 +20,13 @@ from geomkit.geometry.blocks import resolve_blocks
 from geomkit.geometry.hessian import hessian_eigs
 from geomkit.geometry.track import SharpnessTracker, adam_scale, eos_threshold
 from geomkit.io.track import FLOAT_COLUMNS, INT_COLUMNS, read_track
-from geomkit.train import TrainConfig, train
+from geomkit.train import train
 from geomkit.train.sam import SAM, sam_step
 from tests.cases import make_case
 from tests.geometry._hessian_oracle import dense_hessian
+from tests.train.tiny import DATA, TINY, tiny_cfg
 
-TINY = {"depth": 1, "embed_dim": 16, "num_heads": 2}
-DATA = {"source": "synthetic", "synthetic_train": 96, "synthetic_test": 32,
-        "synthetic_classes": 4}
-
-
-def _cfg(**kw):
-    base = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=3, batch_size=32,
-                warmup_epochs=0.5)
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_cfg
 
 
 # ---------------------------------------------------------------------------- hessian_eigs

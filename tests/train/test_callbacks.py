@@ -8,16 +8,9 @@ import torch
 
 from geomkit.checkpoint import load_checkpoint
 from geomkit.train import TrainConfig, TrainEvent, train
+from tests.train.tiny import DATA, tiny_cfg
 
-TINY = {"depth": 1, "embed_dim": 16, "num_heads": 2}
-DATA = {"source": "synthetic", "synthetic_train": 96, "synthetic_test": 32,
-        "synthetic_classes": 4}
-
-
-def _cfg(**kw):
-    base = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=3, batch_size=32,
-                warmup_epochs=0.5)
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_cfg
 
 
 class Recorder:

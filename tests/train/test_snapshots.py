@@ -12,18 +12,16 @@ import torch
 from geomkit.checkpoint import load_checkpoint
 from geomkit.errors import ResultFileError, SpecError
 from geomkit.io.snapshots import read_snapshots
-from geomkit.train import TrainConfig, train
+from geomkit.train import train
 from geomkit.train.snapshots import SnapshotWriter, flat_parameters
+from tests.train.tiny import DATA as _DATA
+from tests.train.tiny import tiny_cfg
 
-TINY = {"depth": 1, "embed_dim": 16, "num_heads": 2}
-DATA = {"source": "synthetic", "synthetic_train": 64, "synthetic_test": 32,
-        "synthetic_classes": 4}
+DATA = {**_DATA, "synthetic_train": 64}
 
 
 def _cfg(**kw):
-    base = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=3, batch_size=32,
-                warmup_epochs=0.5)
-    return TrainConfig(**{**base, **kw})
+    return tiny_cfg(**({"data": DATA} | kw))
 
 
 def _content(path):

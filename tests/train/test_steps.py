@@ -10,17 +10,9 @@ from geomkit.checkpoint import load_checkpoint
 from geomkit.errors import SpecError
 from geomkit.train import TrainConfig, TrainEvent, train
 from geomkit.train.loop import lr_factor
+from tests.train.tiny import tiny_cfg
 
-TINY = {"depth": 1, "embed_dim": 16, "num_heads": 2}
-# 96 examples at batch 32: 3 steps per epoch
-DATA = {"source": "synthetic", "synthetic_train": 96, "synthetic_test": 32,
-        "synthetic_classes": 4}
-
-
-def _cfg(**kw):
-    base = dict(model="vit-tiny", model_kwargs=TINY, data=DATA, epochs=3, batch_size=32,
-                warmup_epochs=0.5)
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_cfg
 
 
 def _same_weights(a, b) -> bool:
