@@ -681,6 +681,17 @@ def _table(d: dict, key: str) -> dict:
     return dict(v)
 
 
+def _settings_table(d: dict[str, Any], key: str, cls: type) -> dict[str, Any]:
+    """The table ``[key]``, refused when it names a field ``cls`` does not have."""
+    table = _table(d, key)
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(table) - names)
+    if bad:
+        raise SpecError(f"unknown [{key}] key(s) {', '.join(bad)}; "
+                        f"valid: {', '.join(sorted(names))}")
+    return table
+
+
 def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
     """Build a :class:`StudyConfig` from parsed TOML/YAML/JSON; errors are :class:`SpecError`."""
     if not isinstance(d, dict):
@@ -699,18 +710,8 @@ def study_config_from_dict(d: dict[str, Any], source: str = "") -> StudyConfig:
     except GeomkitError as e:
         raise SpecError(f"[data]: {e}") from None
     analysis = AnalysisSettings.from_dict(_table(d, "analysis"))
-    landscape = _table(d, "landscape")
-    l_names = {f.name for f in dataclasses.fields(LandscapeSettings)}
-    bad = sorted(set(landscape) - l_names)
-    if bad:
-        raise SpecError(f"unknown [landscape] key(s) {', '.join(bad)}; "
-                        f"valid: {', '.join(sorted(l_names))}")
-    track = _table(d, "track")
-    t_names = {f.name for f in dataclasses.fields(TrackSettings)}
-    bad = sorted(set(track) - t_names)
-    if bad:
-        raise SpecError(f"unknown [track] key(s) {', '.join(bad)}; "
-                        f"valid: {', '.join(sorted(t_names))}")
+    landscape = _settings_table(d, "landscape", LandscapeSettings)
+    track = _settings_table(d, "track", TrackSettings)
     train = _table(d, "train")
     # steps = N is the budget (epochs follow from it); else 30 epochs unless given
     train = ({} if "steps" in train else {"epochs": 30}) | {"batch_size": 64} | train
