@@ -143,6 +143,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test loss/accuracy on the first N test examples (0: all; default 128)")
     t.add_argument("--track-blocks", default=None, metavar="B1,B2",
                    help="also lambda_max of these Hessian blocks (e.g. paper), every K steps")
+    t.add_argument("--track-sharpness", default=None, metavar="KIND[,KIND]",
+                   help="also these sharpness measures every K steps (avg, sam, worst; "
+                   "adaptive, as `geomkit analyze`'s S_max; see `geomkit sharpness`)")
     t.add_argument("--track-tol", type=unit_float, default=1e-2, metavar="TOL",
                    help="Lanczos relative tolerance of the tracked lambda_max (default 1e-2)")
     t.add_argument("--snapshot-every", type=positive_int, default=None, metavar="E",
@@ -179,6 +182,17 @@ def _model_args(items: list[str]) -> dict:
     return out
 
 
+def _track_sharpness(text: str | None) -> dict[str, dict]:
+    """``--track-sharpness avg,worst`` as the tracker's measures (adaptive, defaults)."""
+    from geomkit.errors import SpecError
+
+    kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
+    bad = [k for k in kinds if k not in ("avg", "sam", "worst")]
+    if bad:
+        raise SpecError(f"--track-sharpness: unknown measure {bad[0]!r}; valid: avg, sam, worst")
+    return {k: {"kind": k, "adaptive": True} for k in kinds}
+
+
 def _callbacks(args: argparse.Namespace) -> list:
     """The tracker and snapshot writer the flags ask for (checked before training)."""
     from pathlib import Path
@@ -192,11 +206,12 @@ def _callbacks(args: argparse.Namespace) -> list:
             args.track_samples, every=args.track_every or DEFAULT_EVERY,
             test=args.track_test_samples, out=Path(args.out) / "track.h5",
             blocks=[b.strip() for b in blocks], tol=args.track_tol,
-            progress=False))
-    elif args.track_blocks is not None:
+            sharpness=_track_sharpness(args.track_sharpness), progress=False))
+    elif args.track_blocks is not None or args.track_sharpness is not None:
         from geomkit.errors import SpecError
 
-        raise SpecError("--track-blocks needs --track (or --track-every K)")
+        flag = "--track-blocks" if args.track_blocks is not None else "--track-sharpness"
+        raise SpecError(f"{flag} needs --track (or --track-every K)")
     if args.snapshot_every is not None:
         from geomkit.train.snapshots import SnapshotWriter
 

@@ -182,8 +182,8 @@ class SharpnessTracker:
         seed: the cold start's (and the warm noise's) seed.
         sharpness: sharpness measures of :func:`geomkit.geometry.sharpness.sharpness` to
             track too, name → its keyword arguments (e.g. ``{"worst": {"kind": "worst",
-            "adaptive": True, "m": 64}}``), on the probe set; stored in the file's group
-            ``sharpness``.
+            "adaptive": True, "m": 64}}``), on the probe set (``m`` defaults to 128 or the
+            probe size if smaller); stored in the file's group ``sharpness``.
         meta: identity stored in the file (``label``, ``model``, ``optimizer``, ``sam``;
             default: from the run's ``config``).
         progress: Lanczos progress bars.
@@ -430,7 +430,8 @@ class SharpnessTracker:
             row["sharpness"] = {
                 name: measure_sharpness(model, x, y, **({"loss": self.loss or "ce",
                                                         "label_smoothing":
-                                                        self.label_smoothing or 0.0} | kw)
+                                                        self.label_smoothing or 0.0,
+                                                        "m": min(128, len(x))} | kw)
                                         ).blocks["whole"].value
                 for name, kw in self.sharpness.items()}
         bs = self.batch_size or 512

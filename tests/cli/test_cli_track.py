@@ -26,9 +26,10 @@ def test_train_track_writes_the_series_and_resume_continues_it(tmp_path, capsys)
     out = tmp_path / "r"
     rc, _, err = _run(capsys, "train", *FAST, "--epochs", "1", "--track-every", "2",
                       "--track-samples", "32", "--track-test-samples", "0",
-                      "--track-blocks", "paper", "--out", str(out))
+                      "--track-blocks", "paper", "--track-sharpness", "avg", "--out", str(out))
     assert rc == 0, err
     t = read_track(out / "track.h5")
+    assert list(t.sharpness) == ["avg"] and len(t.sharpness["avg"]) == len(t)
     n1 = len(t)
     assert n1 >= 1 and t.settings["every"] == 2 and t.settings["probe_samples"] == 32
     assert {"attn", "mlp"} <= set(t.blocks)
@@ -36,13 +37,16 @@ def test_train_track_writes_the_series_and_resume_continues_it(tmp_path, capsys)
     # a finished run is not tracked again; a longer one continues the series
     rc, _, err = _run(capsys, "train", "--out", str(out), "--resume", "--no-progress",
                       "--track-every", "2", "--track-samples", "32",
-                      "--track-test-samples", "0", "--track-blocks", "paper")
+                      "--track-test-samples", "0", "--track-blocks", "paper",
+                      "--track-sharpness", "avg")
     assert rc == 0, err
     assert len(read_track(out / "track.h5")) == n1
 
 
 @pytest.mark.parametrize("argv, msg", [
     (["--track-blocks", "paper"], "--track-blocks needs --track"),
+    (["--track-sharpness", "worst"], "--track-sharpness needs --track"),
+    (["--track", "--track-sharpness", "max"], "unknown measure 'max'"),
     (["--track-every", "0"], "--track-every: expected a positive integer"),
     (["--track", "--track-tol", "1.5"], "--track-tol: expected a number between 0 and 1"),
     (["--track", "--track-samples", "-3"], "--track-samples: expected a positive integer"),
