@@ -41,12 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from geomkit import distributed
 from geomkit.errors import SpecError
-from geomkit.geometry._work import analysis_mode
 from geomkit.geometry.blocks import resolve_blocks
 from geomkit.geometry.hessian import hessian_eigs
 from geomkit.geometry.lanczos import start_vector
@@ -132,23 +130,6 @@ def adam_scale(model: nn.Module, optimizer: torch.optim.Optimizer,
         denom = (v.detach().double() / bc2).sqrt() + float(g["eps"])
         parts.append(denom.rsqrt().reshape(-1))
     return torch.cat(parts)
-
-
-@torch.no_grad()
-def _loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy in eval mode (as the training loop's
-    ``evaluate``; the model's modes restored)."""
-    first = next(model.parameters())
-    loss, correct = 0.0, 0
-    with analysis_mode(model):
-        for s in range(0, len(x), batch_size):
-            xb = x[s:s + batch_size].to(first.device)
-            yb = y[s:s + batch_size].to(first.device)
-            out = model(xb).float()
-            loss += F.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
-    return loss / len(x), correct / len(x)
 
 
 class SharpnessTracker:
@@ -434,10 +415,12 @@ class SharpnessTracker:
                                                         "m": min(128, len(x))} | kw)
                                         ).blocks["whole"].value
                 for name, kw in self.sharpness.items()}
-        bs = self.batch_size or 512
-        row["train_loss"], row["train_acc"] = _loss_acc(model, x, y, bs)
+        from geomkit.train.loop import evaluate  # the loop's own test metric, eval mode
+
+        bs, dev = self.batch_size or 512, next(model.parameters()).device
+        row["train_loss"], row["train_acc"] = evaluate(model, x, y, dev, bs)
         if self.test is not None:
-            row["test_loss"], row["test_acc"] = _loss_acc(model, *self.test, bs)
+            row["test_loss"], row["test_acc"] = evaluate(model, *self.test, dev, bs)
         else:
             row["test_loss"] = row["test_acc"] = math.nan
         row["seconds"] = time.perf_counter() - t0
