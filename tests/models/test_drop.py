@@ -14,8 +14,7 @@ from geomkit.geometry.landscape import Grid, loss_landscape, random_direction
 from geomkit.geometry.landscape import evaluate as landscape_evaluate
 from geomkit.geometry.ntk import ntk
 from geomkit.models import build
-from geomkit.models.layers import Mlp
-from geomkit.models.layers import DropMlp, DropPath
+from geomkit.models.layers import DropMlp, DropPath, Mlp
 
 KW = {
     "vit-tiny": {"depth": 3, "embed_dim": 16, "num_heads": 2},
