@@ -26,8 +26,8 @@ from :func:`geomkit.geometry.blocks.resolve_blocks`); the others are held fixed.
 tensors of at most ``chunk_size`` elements in total) and the kernel is accumulated as
 :math:`\Theta = \sum_k J_k J_k^\top` (:math:`J_k` in the compute dtype, every product and
 the sum in float64: a float32 GEMM over rows of 10^7 gradients is off by ~1e-3), so only
-one chunk's Jacobian :math:`J_k` (:math:`R \times P_k`, plus its float64 copy) is ever
-held.  :math:`J_k` is filled ``batch_size`` rows at a time:
+one chunk's Jacobian :math:`J_k` (:math:`R \times P_k`, plus a float64 copy of at most
+64 MiB of its columns at a time) is ever held.  :math:`J_k` is filled ``batch_size`` rows at a time:
 
 * samples independent of each other (no BatchNorm in train mode): per-sample gradients
   ``vmap(grad(f))`` (``sum``) or ``vmap(jacrev(f))`` (``trace``/``full``) over a
@@ -61,7 +61,8 @@ about
 for independent samples; with BatchNorm in train mode the batch term becomes
 :math:`N A + b\,(N A + P_k s)` (each pulled-back row flows through all :math:`N` examples).
 The defaults (``chunk_size=None``, ``batch_size=None``) pick :math:`P_k` so that
-:math:`R P_k s \le` ``memory_gib``/2 and :math:`b` so that the batch term is at most
+:math:`R P_k s` plus the float64 slice (≤ 64 MiB) is at most ``memory_gib``/2 and
+:math:`b` so that the batch term is at most
 ``memory_gib``/2, with :math:`A` measured by a one-example probe forward; so
 :math:`M \lesssim` ``memory_gib`` plus the kernel.  For ``vit-b16`` at 224 px and
 :math:`N = 64` (``sum``, float32, 86.6 M parameters) the default 4 GiB budget gives about
@@ -119,6 +120,8 @@ MODES: tuple[str, ...] = ("sum", "trace", "full")
 BN_MODES: tuple[str, ...] = ("train", "eval")
 
 _GIB = 2**30
+# the float64 copy of a Jacobian slice for the Gram (_gram_add) is at most this large
+_GRAM_SLICE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -484,9 +487,12 @@ def ntk(
         rows = n * cp
 
         budget = memory_gib * _GIB / 2
-        # a chunk's Jacobian in the compute dtype plus its float64 copy for the Gram
-        per = s if s >= 8 else s + 8
-        pk = int(chunk_size) if chunk_size is not None else max(1, int(budget // (rows * per)))
+        # a chunk's Jacobian in the compute dtype, plus (below float64) one float64 column
+        # slice of it at a time for the Gram
+        slice_cols = max(1, int(min(_GRAM_SLICE_BYTES, budget / 4) // (8 * rows)))
+        reserve = 0 if s >= 8 else slice_cols * rows * 8
+        pk = (int(chunk_size) if chunk_size is not None
+              else max(1, int((budget - reserve) // (rows * s))))
         chunks = _chunks(sizes, pk)
         pk_max = max(sum(sizes[k] for k in ch) for ch in chunks)
         if batch_size is not None:
@@ -509,11 +515,7 @@ def ntk(
                     batched, train_params, chunk, x_all, mode, cp, b, coupled, bar
                 ):
                     flat = jac.reshape(rows, -1) if mode == "full" else jac.reshape(n, -1)
-                    # gradients in the compute dtype, the Gram accumulated in float64: a
-                    # float32 GEMM over long rows is off by ~1e-3 relative (10^7-long
-                    # rows), which moved kappa by 5% on vit-b16, and by the chunk size
-                    flat = flat.to(torch.float64)
-                    kernel += flat @ flat.T
+                    _gram_add(kernel, flat, slice_cols)
                     del jac, flat
         finally:
             bar.close()
@@ -536,6 +538,22 @@ def ntk(
         n_chunks=len(chunks),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _gram_add(kernel: torch.Tensor, flat: torch.Tensor, slice_cols: int) -> None:
+    """``kernel += flat flatᵀ`` in float64, ``slice_cols`` columns of ``flat`` at a time.
+
+    The gradients stay in the compute dtype; every product is float64, because a float32
+    GEMM over long rows is off by ~1e-3 relative (10^7-long rows), which moved κ by 5 % on
+    vit-b16 and made it depend on the chunk size.  Converting a slice at a time bounds the
+    float64 copy (``_GRAM_SLICE_BYTES``) instead of doubling the chunk's memory."""
+    if flat.dtype == torch.float64:
+        kernel.addmm_(flat, flat.T)
+        return
+    for lo in range(0, flat.shape[1], slice_cols):
+        piece = flat[:, lo : lo + slice_cols].to(torch.float64)
+        kernel.addmm_(piece, piece.T)
+        del piece
 
 
 def _chunk_jacobian(

@@ -352,3 +352,22 @@ def test_float32_gradients_get_a_float64_gram_over_long_rows():
         xd = x.double()
         want = (4 * (xd @ xd.T) + 4).numpy()
         np.testing.assert_allclose(k, want, rtol=1e-9)
+
+
+def test_float32_chunks_do_not_pay_for_a_float64_copy():
+    """The float64 Gram converts a bounded column slice at a time, so a float32 Jacobian
+    chunk may hold twice the columns of a float64 one at the same budget (a whole float64
+    copy of the chunk made float32 use *more* chunks than float64); same kernel either way."""
+    from geomkit.geometry.ntk import ntk
+
+    torch.manual_seed(0)
+    layers = [m for _ in range(10) for m in (nn.Linear(256, 256), nn.Tanh())]
+    model = nn.Sequential(*layers, nn.Linear(256, 3))
+    x = torch.randn(4, 256)
+    r32 = ntk(model, x, dtype=torch.float32, memory_gib=0.01)
+    r64 = ntk(model, x, dtype=torch.float64, memory_gib=0.01)
+    assert 1 < r32.n_chunks < r64.n_chunks, (r32.n_chunks, r64.n_chunks)
+    one = ntk(model, x, dtype=torch.float32, memory_gib=4.0)
+    assert one.n_chunks == 1
+    np.testing.assert_allclose(r32.kernel, one.kernel, rtol=1e-12)
+    np.testing.assert_allclose(r32.kernel, r64.kernel, rtol=1e-4)
