@@ -20,7 +20,10 @@ architecture at initialization.  For every model and N it measures, in one run:
   medians, so the ratios survive a shared machine);
 * the paper blocks in lockstep vs sequentially (``--no-schedule`` skips this).
 
-Prints markdown tables (and writes them with ``--out``).
+Prints markdown tables (and writes them with ``--out``). The Table 3 row against
+hessian-eigenthings and PyHessian is ``benchmarks/hessian_row.py``; the whole model at
+equal error (both tools at the loosest tolerance that reaches 1e-4) is
+``benchmarks/hessian_equal.py``.
 """
 
 from __future__ import annotations
@@ -56,17 +59,21 @@ def residual_rule_run(model, x, y):
         lanczos_mod.error_bounds = orig
 
 
-def train_default(epochs: int) -> list[Path]:
+def train_default(epochs: int, sam: bool = False) -> list[Path]:
+    """The default checkpoints (trained once, cached under runs/bench-hessian): vit-tiny
+    with AdamW, resnet-tiny with SGD, and with ``sam`` also vit-tiny with SAM."""
+    runs = [("vit-tiny", "vit-tiny", "adamw"), ("resnet-tiny", "resnet-tiny", "sgd")]
+    if sam:
+        runs.insert(1, ("vit-tiny-sam", "vit-tiny", "sam"))
     out = []
-    for name in ("vit-tiny", "resnet-tiny"):
-        d = ROOT / "runs" / "bench-hessian" / name
+    for run, model, optimizer in runs:
+        d = ROOT / "runs" / "bench-hessian" / run
         ck = d / "last.pt"
         if not ck.exists():
-            print(f"training {name} for {epochs} epochs ...", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "cli", "train", "--model", name, "--data",
-                            "digits", "--epochs", str(epochs), "--optimizer", "adamw" if
-                            name.startswith("vit") else "sgd", "--out", str(d), "--no-progress"],
-                           check=True, cwd=ROOT)
+            print(f"training {run} for {epochs} epochs ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "cli", "train", "--model", model, "--data",
+                            "digits", "--epochs", str(epochs), "--optimizer", optimizer,
+                            "--out", str(d), "--no-progress"], check=True, cwd=ROOT)
         out.append(ck)
     return out
 
