@@ -68,8 +68,11 @@ def at_equal_error(model, x, y, lam: float, seed: int, target: float, rounds: in
         if all(done.values()):
             break
     if not any(t == 1e-4 for t, *_ in runs["geomkit"]):  # its default, for the other column
-        ev, n, sec = geomkit_run(model, x, y, 1e-4, seed)
-        runs["geomkit"].append((1e-4, n, sec, abs(ev - lam) / abs(lam)))
+        secs = []
+        for _ in range(rounds):
+            ev, n, sec = geomkit_run(model, x, y, 1e-4, seed)
+            secs.append(sec)
+        runs["geomkit"].append((1e-4, n, statistics.median(secs), abs(ev - lam) / abs(lam)))
     return runs
 
 
