@@ -48,6 +48,15 @@ def geomkit_run(model, x, y, tol: float, seed: int):
     return r.lambda_max, r.n_hvps, time.perf_counter() - t
 
 
+def _timed(fn, model, x, y, tol: float, seed: int, rounds: int):
+    """``fn``'s (λ, HVPs) and the median seconds of ``rounds`` runs."""
+    secs = []
+    for _ in range(rounds):
+        ev, n, sec = fn(model, x, y, tol, seed)
+        secs.append(sec)
+    return ev, n, statistics.median(secs)
+
+
 def at_equal_error(model, x, y, lam: float, seed: int, target: float, rounds: int) -> dict:
     """Each tool's runs at TOLS until its error ≤ target (interleaved per tolerance, each
     run ``rounds`` times, alternating tools; seconds are the median)."""
@@ -58,21 +67,15 @@ def at_equal_error(model, x, y, lam: float, seed: int, target: float, rounds: in
             if done[tool]:
                 continue
             fn = geomkit_run if tool == "geomkit" else pyhessian_run
-            secs = []
-            for _ in range(rounds):
-                ev, n, sec = fn(model, x, y, tol, seed)
-                secs.append(sec)
+            ev, n, sec = _timed(fn, model, x, y, tol, seed, rounds)
             err = abs(ev - lam) / abs(lam)
-            runs[tool].append((tol, n, statistics.median(secs), err))
+            runs[tool].append((tol, n, sec, err))
             done[tool] = err <= target
         if all(done.values()):
             break
     if not any(t == 1e-4 for t, *_ in runs["geomkit"]):  # its default, for the other column
-        secs = []
-        for _ in range(rounds):
-            ev, n, sec = geomkit_run(model, x, y, 1e-4, seed)
-            secs.append(sec)
-        runs["geomkit"].append((1e-4, n, statistics.median(secs), abs(ev - lam) / abs(lam)))
+        ev, n, sec = _timed(geomkit_run, model, x, y, 1e-4, seed, rounds)
+        runs["geomkit"].append((1e-4, n, sec, abs(ev - lam) / abs(lam)))
     return runs
 
 

@@ -42,6 +42,8 @@ from geomkit.geometry.blocks import resolve_blocks  # noqa: E402
 from geomkit.geometry.hvp import HessianOperator  # noqa: E402
 from geomkit.geometry.lanczos import (  # noqa: E402
     _FLOOR,
+    _MAX_GAIN,
+    _RESOLVED,
     LanczosRun,
     _tridiag_eigh,
     error_bounds,
@@ -78,23 +80,11 @@ def trace(alphas, betas):
 
 
 def stop_step(tr, tol: float, rule: str) -> int:
-    prev = None
-    for m, (theta, res) in enumerate(tr, start=1):
-        cur = float(theta[-1])
-        denom = max(abs(cur), _FLOOR * float(theta.abs().max()), 1e-300)
-        if prev is not None:
-            change = abs(cur - prev) / denom
-            if rule == "change":
-                ok = change < tol
-            else:
-                gain = {"gain10": 10.0, "gain100": 100.0, "gain1000": 1000.0,
-                        "gaininf": math.inf}[rule]
-                e = float(error_bounds(theta, res, max_gain=gain)[-1])
-                ok = change < tol and e / denom < tol
-            if ok:
-                return m
-        prev = cur
-    return len(tr)
+    """Where one of ``RULES`` stops on a recorded run (step count)."""
+    if rule == "change":
+        return candidate_stop(tr, tol, "change")
+    gain = {"gain10": 10.0, "gain100": 100.0, "gain1000": 1000.0, "gaininf": math.inf}[rule]
+    return sweep_stop(tr, tol, _RESOLVED, gain)
 
 
 RULES = ("gain10", "gain100", "gain1000", "gaininf", "change")
@@ -107,6 +97,8 @@ def candidate_stop(tr, tol: float, rule: str, resolved: float = 0.02) -> int:
     geometric extrapolation c·q/(1 − q), q the ratio of successive changes), ``aitken_e``
     (also the error bound below 10·tol), ``resolved`` (geomkit's rule at another resolved
     threshold)."""
+    if rule == "resolved":
+        return sweep_stop(tr, tol, resolved, _MAX_GAIN)
     prev = prevc = None
     for m, (theta, res) in enumerate(tr, start=1):
         cur = float(theta[-1])
@@ -114,9 +106,7 @@ def candidate_stop(tr, tol: float, rule: str, resolved: float = 0.02) -> int:
         if prev is not None:
             c = abs(cur - prev) / denom
             e = float(error_bounds(theta, res, resolved=resolved)[-1]) / denom
-            if rule == "resolved":
-                ok = c < tol and e < tol
-            elif rule == "change":
+            if rule == "change":
                 ok = c < tol
             else:
                 ok = bool(prevc) and c < tol and c / prevc < 1 and \

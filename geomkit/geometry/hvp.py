@@ -314,9 +314,9 @@ class HessianOperator:
                if n in g and g[n].requires_grad]
         if not sel:
             return [None] * len(names)
-        # ∇_B (g_B · v) as the vector-Jacobian product of g_B with v (grad_outputs), not
-        # the backward of a built dot product: the same numbers, 4-8 % less time per HVP
-        # (vit-tiny, N = 512) for skipping the product's own graph
+        # ∇_B (g_B · v) as the vector-Jacobian product of g_B with v (grad_outputs): the
+        # same numbers and time as backpropagating a built dot product
+        # (benchmarks/hvp_vjp.py), without building the product's graph
         return list(torch.autograd.grad([g[n] for n, _ in sel],
                                         [self._leaves[n] for n in names],
                                         grad_outputs=[v for _, v in sel],
